@@ -1,0 +1,142 @@
+//! Memory backings: a VF's LMEM and, on integrated parts, the VF's system memory.
+//!
+//! A backing is a memfd of a fixed size, committed lazily by the kernel: a 16 GiB LMEM that nobody
+//! touched costs no memory. Access goes through `pread`/`pwrite` on the fd (one copy, no mapping
+//! into this process), so reading a never-written range returns zeros without allocating pages,
+//! and the save path never inflates this process's RSS. The fd can be handed to a vfio-user client
+//! that wants to map BAR2. Ranges are checked here, once; callers pass guest-controlled values.
+
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fs::{FallocateFlags, MemfdFlags};
+use vfio_core::Errno;
+
+/// A fixed-size, lazily committed memory object.
+#[derive(Debug)]
+pub struct Backing {
+    fd: OwnedFd,
+    size: u64,
+}
+
+/// Page granule used for zero detection when writing.
+const PAGE: usize = 4096;
+
+impl Backing {
+    /// A new zero-filled backing of `size` bytes; `ENOMEM` if the kernel refuses.
+    pub fn new(name: &str, size: u64) -> Result<Backing, Errno> {
+        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC)
+            .map_err(|e| Errno::new(e.raw_os_error()))?;
+        rustix::fs::ftruncate(&fd, size).map_err(|e| Errno::new(e.raw_os_error()))?;
+        Ok(Backing { fd, size })
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The memfd, for sharing (BAR2 mmap).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn check(&self, offset: u64, len: usize) -> Result<(), Errno> {
+        let end = offset.checked_add(len as u64).ok_or(Errno::EINVAL)?;
+        if end > self.size {
+            return Err(Errno::EINVAL);
+        }
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at `offset`; `EINVAL` if out of range.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        self.check(offset, buf.len())?;
+        let mut done = 0;
+        while done < buf.len() {
+            let n = rustix::io::pread(&self.fd, &mut buf[done..], offset + done as u64)
+                .map_err(|e| Errno::new(e.raw_os_error()))?;
+            if n == 0 {
+                // Within the size a memfd never returns short; treat as zeros past its end.
+                buf[done..].fill(0);
+                break;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`; `EINVAL` if out of range.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        self.check(offset, data.len())?;
+        let mut done = 0;
+        while done < data.len() {
+            let n = rustix::io::pwrite(&self.fd, &data[done..], offset + done as u64)
+                .map_err(|e| Errno::new(e.raw_os_error()))?;
+            if n == 0 {
+                return Err(Errno::EIO);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`, but turns whole zero pages into holes instead of writing them,
+    /// so restoring a mostly empty LMEM keeps the destination sparse. Same result as `write`.
+    pub fn write_sparse(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        self.check(offset, data.len())?;
+        let mut i = 0;
+        while i < data.len() {
+            let at = offset + i as u64;
+            // Align runs to pages of the backing, so holes are page-sized.
+            let to_boundary = PAGE - (at as usize % PAGE);
+            let n = to_boundary.min(data.len() - i);
+            let chunk = &data[i..i + n];
+            if n == PAGE && is_zero(chunk) {
+                // Collapse consecutive zero pages into one hole punch.
+                let mut m = n;
+                while i + m + PAGE <= data.len() && is_zero(&data[i + m..i + m + PAGE]) {
+                    m += PAGE;
+                }
+                self.zero(at, m as u64)?;
+                i += m;
+            } else {
+                self.write(at, chunk)?;
+                i += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Zeroes `[offset, offset+len)`, releasing whole pages.
+    pub fn zero(&self, offset: u64, len: u64) -> Result<(), Errno> {
+        let end = offset.checked_add(len).ok_or(Errno::EINVAL)?;
+        if end > self.size {
+            return Err(Errno::EINVAL);
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        rustix::fs::fallocate(
+            &self.fd,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            offset,
+            len,
+        )
+        .map_err(|e| Errno::new(e.raw_os_error()))
+    }
+
+    /// Zeroes the whole backing and releases its memory.
+    pub fn clear(&self) -> Result<(), Errno> {
+        self.zero(0, self.size)
+    }
+}
+
+/// Whether every byte is zero (16 bytes at a time; the compiler vectorises this).
+pub fn is_zero(b: &[u8]) -> bool {
+    let chunks = b.chunks_exact(16);
+    let tail = chunks.remainder();
+    chunks
+        .map(|c| u128::from_ne_bytes(c.try_into().unwrap_or([0xff; 16])))
+        .fold(0u128, |acc, w| acc | w)
+        == 0
+        && tail.iter().all(|&x| x == 0)
+}

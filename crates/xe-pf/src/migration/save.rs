@@ -1,0 +1,395 @@
+//! Save: per-GT producers fill bounded rings; `read` drains them at any byte split.
+//!
+//! Stream order: DESCRIPTOR, then each GT's packets (GUC, MMIO; on the primary GT also GGTT
+//! and, on discrete parts, VRAM chunks), GTs interleaved as the reader finds them, then TRAILER.
+//! VRAM packets are *views* on the stopped VF's LMEM: their bytes go from the LMEM straight into
+//! the reader's buffer, so memory in flight is a few small packets whatever the LMEM size.
+
+use super::wire::{Descriptor, HeaderRepr, PacketType, HEADER_LEN};
+use crate::guc::{Fault, Faults, GucOp};
+use crate::platform::PRIMARY_GT;
+use crate::sync::{lock, wait_until};
+use crate::vf::VfHw;
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use vfio_core::Errno;
+
+/// Packets each GT's ring holds (upstream's value).
+pub const RING_CAPACITY: usize = 5;
+
+/// A packet's payload.
+#[derive(Debug)]
+enum Payload {
+    Bytes(Vec<u8>),
+    /// `size` bytes of LMEM starting at this offset.
+    Lmem(u64),
+}
+
+#[derive(Debug)]
+struct OutPacket {
+    header: [u8; HEADER_LEN],
+    size: u64,
+    payload: Payload,
+}
+
+impl OutPacket {
+    fn bytes(kind: PacketType, gt: u8, offset: u64, data: Vec<u8>) -> OutPacket {
+        let h = HeaderRepr {
+            kind,
+            tile: 0,
+            gt,
+            offset,
+            size: data.len() as u64,
+        };
+        OutPacket {
+            header: h.to_bytes(),
+            size: data.len() as u64,
+            payload: Payload::Bytes(data),
+        }
+    }
+    fn total(&self) -> u64 {
+        HEADER_LEN as u64 + self.size
+    }
+}
+
+#[derive(Debug, Default)]
+struct GtRing {
+    q: VecDeque<OutPacket>,
+    done: bool,
+}
+
+/// What the ring lock protects.
+#[derive(Debug)]
+struct Rings {
+    gts: Vec<GtRing>,
+    error: Option<Errno>,
+    cancelled: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// GT ring lock: every GT's ring, the producers' error and the cancel flag. `cv` signals
+    /// every change (packet pushed or popped, producer done, cancel).
+    rings: Mutex<Rings>,
+    cv: Condvar,
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Phase {
+    Descriptor,
+    Body,
+    Trailer,
+    End,
+}
+
+#[derive(Debug)]
+struct Reader {
+    phase: Phase,
+    cur: Option<(OutPacket, u64)>,
+    next_gt: usize,
+    failed: Option<Errno>,
+}
+
+/// A save session.
+#[derive(Debug)]
+pub(crate) struct SaveSession {
+    hw: Arc<VfHw>,
+    descriptor: Vec<u8>,
+    shared: Arc<Shared>,
+    producers: Mutex<Vec<JoinHandle<()>>>,
+    /// Reader lock: the read position. Held while a read blocks on the producers.
+    reader: Mutex<Reader>,
+}
+
+/// Parameters of a save.
+#[derive(Clone, Debug)]
+pub(crate) struct SaveParams {
+    pub(crate) vfid: u32,
+    pub(crate) gt_count: u8,
+    pub(crate) descriptor: Descriptor,
+    pub(crate) vram_chunk: u64,
+}
+
+impl SaveSession {
+    /// Starts one producer thread per GT.
+    pub(crate) fn start(hw: Arc<VfHw>, faults: Arc<Faults>, p: SaveParams) -> SaveSession {
+        let shared = Arc::new(Shared {
+            rings: Mutex::new(Rings {
+                gts: (0..p.gt_count).map(|_| GtRing::default()).collect(),
+                error: None,
+                cancelled: false,
+            }),
+            cv: Condvar::new(),
+        });
+        let producers = (0..p.gt_count)
+            .filter_map(|gt| {
+                let (hw, shared, faults, p) =
+                    (hw.clone(), shared.clone(), faults.clone(), p.clone());
+                std::thread::Builder::new()
+                    .name(format!("xe-vf{}-save-gt{gt}", p.vfid))
+                    .spawn(move || produce(&hw, &shared, &faults, &p, gt))
+                    .ok()
+            })
+            .collect();
+        SaveSession {
+            hw,
+            descriptor: p.descriptor.packet(),
+            shared,
+            producers: Mutex::new(producers),
+            reader: Mutex::new(Reader {
+                phase: Phase::Descriptor,
+                cur: None,
+                next_gt: 0,
+                failed: None,
+            }),
+        }
+    }
+
+    /// Reads stream bytes into `buf`: fills it completely unless the stream ends (so a short
+    /// read means the end), blocking while the producers are behind. `Ok(0)` at the end; `EIO`
+    /// from the first producer failure on, forever.
+    pub(crate) fn read(&self, buf: &mut [u8]) -> Result<usize, Errno> {
+        let mut r = lock(&self.reader);
+        if let Some(e) = r.failed {
+            return Err(e);
+        }
+        let mut n = 0usize;
+        while n < buf.len() {
+            if r.cur.is_none() {
+                match self.next_packet(&mut r) {
+                    Ok(Some(p)) => r.cur = Some((p, 0)),
+                    Ok(None) => break,
+                    Err(e) => {
+                        r.failed = Some(e);
+                        return Err(e);
+                    }
+                }
+            }
+            let Some((pkt, pos)) = r.cur.as_mut() else {
+                break;
+            };
+            let dst = &mut buf[n..];
+            let copied = if *pos < HEADER_LEN as u64 {
+                let from = *pos as usize;
+                let k = (HEADER_LEN - from).min(dst.len());
+                dst[..k].copy_from_slice(&pkt.header[from..from + k]);
+                k
+            } else {
+                let at = *pos - HEADER_LEN as u64;
+                let k = ((pkt.size - at).min(dst.len() as u64)) as usize;
+                match &pkt.payload {
+                    Payload::Bytes(b) => dst[..k].copy_from_slice(&b[at as usize..at as usize + k]),
+                    Payload::Lmem(off) => {
+                        let lmem = self.hw.lmem().ok_or(Errno::EIO)?;
+                        if let Err(e) = lmem.read(off + at, &mut dst[..k]) {
+                            r.failed = Some(Errno::EIO);
+                            tracing::error!(%e, "reading LMEM for the save stream failed");
+                            return Err(Errno::EIO);
+                        }
+                    }
+                }
+                k
+            };
+            *pos += copied as u64;
+            n += copied;
+            if *pos == pkt.total() {
+                r.cur = None;
+            }
+        }
+        Ok(n)
+    }
+
+    fn next_packet(&self, r: &mut Reader) -> Result<Option<OutPacket>, Errno> {
+        match r.phase {
+            Phase::Descriptor => {
+                r.phase = Phase::Body;
+                let size = (self.descriptor.len() - HEADER_LEN) as u64;
+                let mut header = [0u8; HEADER_LEN];
+                header.copy_from_slice(&self.descriptor[..HEADER_LEN]);
+                Ok(Some(OutPacket {
+                    header,
+                    size,
+                    payload: Payload::Bytes(self.descriptor[HEADER_LEN..].to_vec()),
+                }))
+            }
+            Phase::Body => {
+                let g = lock(&self.shared.rings);
+                let gts = g.gts.len();
+                let mut found = None;
+                let (mut g, _) = wait_until(&self.shared.cv, g, None, |rings| {
+                    if rings.error.is_some() || rings.cancelled {
+                        return true;
+                    }
+                    for k in 0..gts {
+                        let gt = (r.next_gt + k) % gts;
+                        if !rings.gts[gt].q.is_empty() {
+                            found = Some(gt);
+                            return true;
+                        }
+                    }
+                    rings.gts.iter().all(|x| x.done)
+                });
+                if let Some(e) = g.error {
+                    return Err(e);
+                }
+                if g.cancelled {
+                    return Err(Errno::ENODEV);
+                }
+                if let Some(gt) = found {
+                    r.next_gt = (gt + 1) % gts;
+                    let p = g.gts[gt].q.pop_front();
+                    drop(g);
+                    self.shared.cv.notify_all();
+                    return Ok(p);
+                }
+                drop(g);
+                r.phase = Phase::Trailer;
+                self.next_packet(r)
+            }
+            Phase::Trailer => {
+                r.phase = Phase::End;
+                Ok(Some(OutPacket {
+                    header: super::wire::trailer(),
+                    size: 0,
+                    payload: Payload::Bytes(Vec::new()),
+                }))
+            }
+            Phase::End => Ok(None),
+        }
+    }
+
+    /// Whether the whole stream, trailer included, has been read.
+    pub(crate) fn finished(&self) -> bool {
+        let r = lock(&self.reader);
+        r.phase == Phase::End && r.cur.is_none()
+    }
+
+    /// Stops the producers, drains the rings and joins the threads.
+    pub(crate) fn cancel(&self) {
+        {
+            let mut g = lock(&self.shared.rings);
+            g.cancelled = true;
+            for r in &mut g.gts {
+                r.q.clear();
+            }
+        }
+        self.shared.cv.notify_all();
+        self.join();
+    }
+
+    pub(crate) fn join(&self) {
+        let producers = std::mem::take(&mut *lock(&self.producers));
+        for p in producers {
+            let _ = p.join();
+        }
+    }
+}
+
+impl Drop for SaveSession {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// Pushes a packet into `gt`'s ring, waiting while it is full. `false` when cancelled.
+fn push(shared: &Shared, gt: u8, p: OutPacket) -> bool {
+    let g = lock(&shared.rings);
+    let (mut g, _) = wait_until(&shared.cv, g, None, |r| {
+        r.cancelled || r.gts[gt as usize].q.len() < RING_CAPACITY
+    });
+    if g.cancelled {
+        return false;
+    }
+    g.gts[gt as usize].q.push_back(p);
+    drop(g);
+    shared.cv.notify_all();
+    true
+}
+
+fn fail(shared: &Shared, e: Errno) {
+    let mut g = lock(&shared.rings);
+    g.error.get_or_insert(e);
+    drop(g);
+    shared.cv.notify_all();
+}
+
+/// One GT's producer.
+fn produce(hw: &VfHw, shared: &Shared, faults: &Faults, p: &SaveParams, gt: u8) {
+    if let Err(e) = produce_packets(hw, shared, faults, p, gt) {
+        tracing::error!(vfid = p.vfid, gt, %e, "save producer failed");
+        fail(shared, Errno::EIO);
+        return;
+    }
+    lock(&shared.rings).gts[gt as usize].done = true;
+    shared.cv.notify_all();
+}
+
+fn produce_packets(
+    hw: &VfHw,
+    shared: &Shared,
+    faults: &Faults,
+    p: &SaveParams,
+    gt: u8,
+) -> Result<(), Errno> {
+    // GUC: the firmware's VF state (its size is queried first; 0 means no data).
+    match faults.take(p.vfid, gt, GucOp::SaveState) {
+        Some(Fault::Fail(e)) => return Err(e),
+        Some(Fault::Timeout) => return Err(Errno::ETIMEDOUT),
+        Some(Fault::Busy) => return Err(Errno::EBUSY),
+        None => {}
+    }
+    if hw.guc_state_size(gt)? == 0 {
+        return Err(Errno::ENODATA);
+    }
+    let guc = hw.guc_save(gt)?;
+    if !push(shared, gt, OutPacket::bytes(PacketType::Guc, gt, 0, guc)) {
+        return Ok(());
+    }
+    // MMIO: the four scratch registers of this GT.
+    let flags = hw.sw_flags();
+    let regs = if gt == PRIMARY_GT {
+        flags.primary
+    } else {
+        flags.media
+    };
+    let mmio: Vec<u8> = regs.iter().flat_map(|r| r.to_le_bytes()).collect();
+    if !push(shared, gt, OutPacket::bytes(PacketType::Mmio, gt, 0, mmio)) {
+        return Ok(());
+    }
+    if gt != PRIMARY_GT {
+        return Ok(());
+    }
+    // GGTT: the VF's PTEs with the VFID field cleared.
+    let ptes: Vec<u8> = hw
+        .ptes()
+        .iter()
+        .flat_map(|&pte| crate::ggtt::pte_with_vfid(pte, 0).to_le_bytes())
+        .collect();
+    if !ptes.is_empty() && !push(shared, gt, OutPacket::bytes(PacketType::Ggtt, gt, 0, ptes)) {
+        return Ok(());
+    }
+    // VRAM: views on LMEM, in chunks.
+    let size = hw.lmem_size();
+    let mut off = 0u64;
+    while off < size {
+        let len = p.vram_chunk.min(size - off);
+        let h = HeaderRepr {
+            kind: PacketType::Vram,
+            tile: 0,
+            gt,
+            offset: off,
+            size: len,
+        };
+        let pkt = OutPacket {
+            header: h.to_bytes(),
+            size: len,
+            payload: Payload::Lmem(off),
+        };
+        if !push(shared, gt, pkt) {
+            return Ok(());
+        }
+        off += len;
+    }
+    Ok(())
+}

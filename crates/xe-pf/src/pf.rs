@@ -9,7 +9,6 @@ use crate::migration::Session;
 use crate::platform::Platform;
 use crate::sync::lock;
 use crate::vf::VfHw;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use vfio_core::Errno;
 
@@ -118,12 +117,9 @@ impl std::fmt::Debug for Vf {
     }
 }
 
-static SERIAL: AtomicU64 = AtomicU64::new(1);
-
 /// An emulated Xe PF.
 pub struct XePf {
     cfg: PfConfig,
-    serial: u64,
     faults: Arc<Faults>,
     /// Lock: the GGTT allocator.
     ggtt: Mutex<GgttAllocator>,
@@ -167,7 +163,6 @@ impl XePf {
                 cfg.ggtt_size,
                 64 << 10,
             )),
-            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             cfg,
             faults,
             vfs: RwLock::new(Vec::new()),
@@ -292,7 +287,7 @@ impl XePf {
                 self.gt_count(),
                 *range,
                 lmem,
-                self.serial << 8 | u64::from(vfid),
+                u64::from(self.cfg.device_id) << 16 | u64::from(vfid),
             );
             out.push(Arc::new(Vf {
                 vfid,

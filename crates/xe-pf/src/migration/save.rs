@@ -1,7 +1,8 @@
 //! Save: per-GT producers fill bounded rings; `read` drains them at any byte split.
 //!
 //! Stream order: DESCRIPTOR, then each GT's packets (GUC, MMIO; on the primary GT also GGTT
-//! and, on discrete parts, VRAM chunks), GTs interleaved as the reader finds them, then TRAILER.
+//! and, on discrete parts, VRAM chunks), GTs interleaved round-robin (deterministically), then
+//! TRAILER.
 //! VRAM packets are *views* on the stopped VF's LMEM: their bytes go from the LMEM straight into
 //! the reader's buffer, so memory in flight is a few small packets whatever the LMEM size.
 
@@ -214,21 +215,31 @@ impl SaveSession {
                 }))
             }
             Phase::Body => {
+                // Deterministic order: strictly round-robin over the GTs that still have
+                // packets, waiting for *that* GT's next one. Producers never wait on each other,
+                // so this cannot deadlock, and the same VF state always gives the same bytes.
                 let g = lock(&self.shared.rings);
                 let gts = g.gts.len();
-                let mut found = None;
+                let mut pick = None;
                 let (mut g, _) = wait_until(&self.shared.cv, g, None, |rings| {
                     if rings.error.is_some() || rings.cancelled {
                         return true;
                     }
                     for k in 0..gts {
                         let gt = (r.next_gt + k) % gts;
-                        if !rings.gts[gt].q.is_empty() {
-                            found = Some(gt);
+                        let ring = &rings.gts[gt];
+                        if !ring.q.is_empty() {
+                            pick = Some(gt);
                             return true;
                         }
+                        if !ring.done {
+                            // This GT's next packet is still being produced: wait for it.
+                            pick = None;
+                            return false;
+                        }
                     }
-                    rings.gts.iter().all(|x| x.done)
+                    pick = None;
+                    true
                 });
                 if let Some(e) = g.error {
                     return Err(e);
@@ -236,7 +247,7 @@ impl SaveSession {
                 if g.cancelled {
                     return Err(Errno::ENODEV);
                 }
-                if let Some(gt) = found {
+                if let Some(gt) = pick {
                     r.next_gt = (gt + 1) % gts;
                     let p = g.gts[gt].q.pop_front();
                     drop(g);

@@ -258,8 +258,12 @@ impl PciVariant for XeVfioPci {
     }
 
     fn bar_fd(&self, bar: u32) -> Option<(BorrowedFd<'_>, u64)> {
+        // Offered for mmap only when the quota fills the BAR: a client maps the whole region,
+        // and pages past the end of the LMEM file would fault.
         match bar {
-            2 => self.func.hw.lmem().map(|l| (l.fd(), 0)),
+            2 if self.func.hw.lmem_size() == self.bar2_size() => {
+                self.func.hw.lmem().map(|l| (l.fd(), 0))
+            }
             _ => None,
         }
     }

@@ -1,1 +1,339 @@
-fn main() {}
+//! `xe-vfio`: serve emulated Intel Xe SR-IOV VFs over vfio-user and migrate them.
+
+mod demo;
+mod ops;
+mod remote;
+mod serve;
+mod util;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use util::{human, parse_size, CliError, Context};
+use vfio_user::Client;
+use xe_pf::migration::inspect::inspect;
+use xe_pf::Platform;
+
+#[derive(Parser)]
+#[command(
+    name = "xe-vfio",
+    version,
+    about = "Live migration of Intel Xe SR-IOV GPU VFs, emulated, over vfio-user"
+)]
+struct Cli {
+    /// Log more (repeat for more detail); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Emulate a PF and serve each VF on DIR/vfN.sock until SIGTERM/SIGINT.
+    Serve {
+        /// bmg (discrete, LMEM), ptl or wcl (integrated).
+        #[arg(long)]
+        platform: Platform,
+        /// Number of VFs (1–63).
+        #[arg(long)]
+        vfs: u32,
+        #[arg(long)]
+        socket_dir: PathBuf,
+        /// LMEM quota of each VF (discrete parts), e.g. 512M, 4G.
+        #[arg(long, value_parser = parse_size, default_value = "256M")]
+        lmem_per_vf: u64,
+        /// Offer PRE_COPY (not implemented yet: refused with an error).
+        #[arg(long)]
+        pre_copy: bool,
+        /// Largest max_data_xfer_size the servers agree to.
+        #[arg(long, value_parser = parse_size, default_value = "1M")]
+        max_xfer: u64,
+    },
+    /// Live-migrate the VF at --from into the VF at --to.
+    Migrate {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        to: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Save a VF's migration stream to a file (the VF runs again afterwards).
+    Save {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// Leave the VF stopped after saving.
+        #[arg(long)]
+        leave_stopped: bool,
+    },
+    /// Restore a saved stream into a VF and start it.
+    Restore {
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(short = 'i', long = "input")]
+        input: PathBuf,
+    },
+    /// Check and summarise a migration stream file.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Two emulated hosts, a busy VF, a live migration, everything verified.
+    Demo,
+}
+
+fn progress_bar(len: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+fn connect(p: &std::path::Path) -> Result<Client, CliError> {
+    Client::connect(p).map_err(|e| {
+        CliError::new(format!("connecting to {}", p.display()))
+            .cause(e)
+            .hint("is 'xe-vfio serve' running, and is no other client attached to this VF?")
+    })
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.cmd {
+        Cmd::Serve {
+            platform,
+            vfs,
+            socket_dir,
+            lmem_per_vf,
+            pre_copy,
+            max_xfer,
+        } => {
+            if pre_copy {
+                return Err(CliError::new("--pre-copy: PRE_COPY is not implemented yet")
+                    .hint("the upstream hardware cannot track dirty pages; dirty tracking in the emulator is planned"));
+            }
+            let max_xfer = u32::try_from(max_xfer)
+                .ok()
+                .filter(|v| *v > 0 && *v <= vfio_user::msg::MAX_DATA_XFER_LIMIT)
+                .ok_or_else(|| CliError::new("--max-xfer must be between 1 byte and 16M"))?;
+            serve::serve(platform, vfs, lmem_per_vf, &socket_dir, max_xfer)
+        }
+        Cmd::Migrate { from, to, json } => {
+            let mut src = connect(&from)?;
+            let mut dst = connect(&to)?;
+            let pb = progress_bar(0);
+            let r = ops::migrate(&mut src, &mut dst, &mut |done, est| {
+                pb.set_length(est.max(done));
+                pb.set_position(done);
+            });
+            pb.finish_and_clear();
+            let r = r?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                println!("migrated {} → {}", from.display(), to.display());
+                println!(
+                    "  bytes       {} ({} estimated)",
+                    human(r.bytes),
+                    human(r.estimated_bytes)
+                );
+                println!(
+                    "  transfer    {:.3} s, {:.0} MiB/s",
+                    r.transfer_seconds, r.throughput_mib_s
+                );
+                println!(
+                    "  downtime    {:.1} ms (source leaving RUNNING → destination RUNNING)",
+                    r.downtime_ms
+                );
+                println!(
+                    "  source      {}; destination {}",
+                    r.source_state, r.destination_state
+                );
+            }
+            Ok(())
+        }
+        Cmd::Save {
+            from,
+            output,
+            leave_stopped,
+        } => {
+            let mut src = connect(&from)?;
+            let f = File::create(&output).ctx(|| format!("creating {}", output.display()))?;
+            let mut w = BufWriter::with_capacity(1 << 20, f);
+            let pb = progress_bar(0);
+            let r = ops::save(&mut src, &mut w, leave_stopped, &mut |d, e| {
+                pb.set_length(e.max(d));
+                pb.set_position(d);
+            });
+            pb.finish_and_clear();
+            let n = r.inspect_err(|_| {
+                let _ = std::fs::remove_file(&output);
+            })?;
+            println!(
+                "saved {} from {} to {}",
+                human(n),
+                from.display(),
+                output.display()
+            );
+            Ok(())
+        }
+        Cmd::Restore { to, input } => {
+            let f = File::open(&input).ctx(|| format!("opening {}", input.display()))?;
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let mut dst = connect(&to)?;
+            let pb = progress_bar(len);
+            let r = ops::restore(
+                &mut dst,
+                &mut BufReader::with_capacity(1 << 20, f),
+                len,
+                &mut |d, _| pb.set_position(d),
+            );
+            pb.finish_and_clear();
+            let n = r?;
+            println!(
+                "restored {} from {} into {}; the device is RUNNING",
+                human(n),
+                input.display(),
+                to.display()
+            );
+            Ok(())
+        }
+        Cmd::Inspect { file, json } => {
+            let f = File::open(&file).ctx(|| format!("opening {}", file.display()))?;
+            let i = inspect(BufReader::with_capacity(1 << 20, f))
+                .ctx(|| format!("reading {}", file.display()))?;
+            print_inspection(&file, &i, json);
+            if i.is_valid() {
+                Ok(())
+            } else {
+                Err(CliError::new(format!(
+                    "{} is not a valid migration stream",
+                    file.display()
+                )))
+            }
+        }
+        Cmd::Demo => demo::demo(),
+    }
+}
+
+fn print_inspection(file: &std::path::Path, i: &xe_pf::migration::inspect::Inspection, json: bool) {
+    let platform = i
+        .descriptor
+        .as_ref()
+        .and_then(|d| Platform::from_pci_id(0x8086, d.device_id).ok());
+    if json {
+        let totals: Vec<_> = i
+            .totals
+            .iter()
+            .map(|((tile, gt, t), v)| serde_json::json!({"tile": tile, "gt": gt, "type": t.name(), "packets": v.packets, "bytes": v.bytes}))
+            .collect();
+        let v = serde_json::json!({
+            "file": file.display().to_string(),
+            "valid": i.is_valid(),
+            "total_bytes": i.total_bytes,
+            "has_trailer": i.has_trailer,
+            "error": i.error.as_ref().map(|(at, e)| serde_json::json!({"at": at, "message": e.to_string()})),
+            "descriptor": i.descriptor.as_ref().map(|d| serde_json::json!({
+                "device_id": d.device_id, "revision": d.revision,
+                "platform": platform.map(|p| p.name()),
+                "unknown_klvs": d.unknown.iter().map(|(k, v)| serde_json::json!({"key": k, "value": v})).collect::<Vec<_>>(),
+            })),
+            "packets": i.packets.len(),
+            "totals": totals,
+            "vram_coverage": i.vram_coverage,
+            "vram_gaps": i.vram_gaps,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return;
+    }
+    println!(
+        "{}: {} in {} packets",
+        file.display(),
+        human(i.total_bytes),
+        i.packets.len()
+    );
+    match &i.error {
+        None if i.has_trailer => {
+            println!("  valid: descriptor first, trailer last, all headers well-formed")
+        }
+        None => println!("  INVALID: no trailer"),
+        Some((at, e)) => println!("  INVALID at byte {at}: {e}"),
+    }
+    if let Some(d) = &i.descriptor {
+        println!(
+            "  descriptor: device {:#06x} rev {:#04x}{}{}",
+            d.device_id,
+            d.revision,
+            platform
+                .map(|p| format!(" ({})", p.long_name()))
+                .unwrap_or_default(),
+            if d.unknown.is_empty() {
+                String::new()
+            } else {
+                format!(", {} unknown KLVs", d.unknown.len())
+            }
+        );
+    }
+    println!(
+        "  {:<5}{:<4}{:<12}{:>8}{:>14}",
+        "tile", "gt", "type", "packets", "bytes"
+    );
+    for ((tile, gt, t), v) in &i.totals {
+        println!(
+            "  {:<5}{:<4}{:<12}{:>8}{:>14}",
+            tile,
+            gt,
+            t.name(),
+            v.packets,
+            v.bytes
+        );
+    }
+    if !i.vram_coverage.is_empty() {
+        let covered: u64 = i.vram_coverage.iter().map(|(s, e)| e - s).sum();
+        println!(
+            "  VRAM: {} covered in {} range(s), {} gap(s)",
+            human(covered),
+            i.vram_coverage.len(),
+            i.vram_gaps.len()
+        );
+        for (s, e) in &i.vram_gaps {
+            println!("    gap {s:#x}..{e:#x} ({})", human(e - s));
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xe-vfio: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

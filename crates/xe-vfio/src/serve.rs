@@ -1,0 +1,117 @@
+//! `xe-vfio serve`: an emulated PF whose VFs are served on vfio-user sockets.
+
+use crate::util::{human, CliError, Context};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use vfio_core::VfioDevice;
+use vfio_user::{Server, ServerOptions};
+use xe_pf::pf::VfProvision;
+use xe_pf::{PfConfig, Platform, XePf};
+use xe_vfio_pci::{PciFunction, XeVfioPci};
+
+/// A host: a PF, its VFs bound to the variant driver, and their servers.
+pub struct Host {
+    pub pf: Arc<XePf>,
+    pub sockets: Vec<PathBuf>,
+    pub threads: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Builds a PF with `vfs` VFs of `lmem_per_vf` LMEM and serves them under `dir`.
+pub fn start_host(
+    platform: Platform,
+    vfs: u32,
+    lmem_per_vf: u64,
+    dir: &Path,
+    stop: &Arc<AtomicBool>,
+    opts: &ServerOptions,
+) -> Result<Host, CliError> {
+    let mut cfg = PfConfig::new(platform);
+    let lmem = if platform.has_vram() { lmem_per_vf } else { 0 };
+    if platform.has_vram() {
+        cfg.lmem_size = lmem
+            .checked_mul(u64::from(vfs))
+            .ok_or_else(|| CliError::new("LMEM size overflows"))?;
+    }
+    let pf = XePf::new(cfg).ctx(|| format!("creating the {platform} PF"))?;
+    pf.enable_vfs(
+        vfs,
+        VfProvision {
+            lmem,
+            ggtt: xe_pf::pf::DEFAULT_VF_GGTT,
+        },
+    )
+    .ctx(|| format!("enabling {vfs} VFs with {} LMEM each", human(lmem)))?;
+    std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+    let mut sockets = Vec::new();
+    let mut threads = Vec::new();
+    for vfid in 1..=vfs {
+        let dev = XeVfioPci::probe(PciFunction::vf_of(&pf, vfid).ctx(|| format!("VF {vfid}"))?)
+            .ctx(|| format!("binding VF {vfid} to xe-vfio-pci"))?;
+        let path = dir.join(format!("vf{vfid}.sock"));
+        let server = Server::bind(&path, Arc::new(dev) as Arc<dyn VfioDevice>, opts.clone())
+            .ctx(|| format!("listening on {}", path.display()))?;
+        threads.push(server.spawn(stop.clone()));
+        sockets.push(path);
+    }
+    Ok(Host {
+        pf,
+        sockets,
+        threads,
+    })
+}
+
+/// `serve`: runs until SIGTERM or SIGINT, then removes the sockets.
+pub fn serve(
+    platform: Platform,
+    vfs: u32,
+    lmem_per_vf: u64,
+    dir: &Path,
+    max_xfer: u32,
+) -> Result<(), CliError> {
+    if vfs == 0 || vfs > 63 {
+        return Err(CliError::new(format!(
+            "--vfs {vfs}: must be between 1 and 63"
+        )));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())
+            .ctx(|| "installing signal handlers".into())?;
+    }
+    let opts = ServerOptions {
+        max_data_xfer: max_xfer,
+        ..Default::default()
+    };
+    let host = start_host(platform, vfs, lmem_per_vf, dir, &stop, &opts)?;
+    let pf = &host.pf;
+    println!(
+        "xe-vfio: {} ({:#06x} rev {:#04x}) PF, {} VFs{}, migration {}",
+        platform.long_name(),
+        pf.device_id(),
+        pf.revision(),
+        vfs,
+        if platform.has_vram() {
+            format!(", {} LMEM each", human(lmem_per_vf))
+        } else {
+            String::new()
+        },
+        if pf.migration_supported() {
+            "supported"
+        } else {
+            "not supported"
+        }
+    );
+    for s in &host.sockets {
+        println!("  {}", s.display());
+    }
+    println!("ready");
+    for t in host.threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(CliError::new("a vfio-user server failed").cause(e)),
+            Err(_) => return Err(CliError::new("a vfio-user server thread panicked")),
+        }
+    }
+    Ok(())
+}

@@ -383,9 +383,7 @@ impl<'a> Conn<'a> {
                 self.put(Payload::new().u64(offset).u32(region).u32(count));
                 let at = self.out.len();
                 self.out.resize(at + count as usize, 0);
-                if let Err(e) = self.dev.region_read(region, offset, &mut self.out[at..]) {
-                    return Err(e);
-                }
+                self.dev.region_read(region, offset, &mut self.out[at..])?;
             }
             Request::RegionWrite {
                 offset,

@@ -67,10 +67,8 @@ pub fn send_all(sock: impl AsFd, parts: &[&[u8]], fds: &[BorrowedFd<'_>]) -> io:
         }
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut cmsg = SendAncillaryBuffer::new(&mut space);
-        if first && !fds.is_empty() {
-            if !cmsg.push(SendAncillaryMessage::ScmRights(fds)) {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many fds"));
-            }
+        if first && !fds.is_empty() && !cmsg.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many fds"));
         }
         match rustix::net::sendmsg(&sock, &iov, &mut cmsg, SendFlags::NOSIGNAL) {
             Ok(n) => {

@@ -298,10 +298,26 @@ impl PciVariant for XeVfioPci {
         Ok(())
     }
 
+    /// Closing returns the VF to RUNNING. The kernel gets there through the function reset
+    /// that follows close; this emulator keeps the VF's memory and registers across a client
+    /// disconnect (documented), so it walks the real arcs back to RUNNING instead — cancelling
+    /// a save, resuming a paused VF — and falls back to an FLR only if that walk fails (an
+    /// incomplete restore, say).
     fn close(&self) {
-        if let Some(core) = &self.mig {
-            core.close();
+        let Some(core) = &self.mig else {
+            return;
+        };
+        if core.state() != DeviceState::Running {
+            if let Err(e) = core.set_state(DeviceState::Running) {
+                tracing::warn!(vfid = ?self.vfid(), %e, "close: resetting the VF instead");
+                self.reset_prepare();
+                if let Err(e) = (self.func.flr)() {
+                    tracing::warn!(vfid = ?self.vfid(), %e, "close: FLR failed");
+                }
+                self.reset_done();
+            }
         }
+        core.close();
     }
 
     fn migration(&self) -> Option<&MigrationCore> {

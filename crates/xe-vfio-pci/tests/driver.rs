@@ -272,3 +272,38 @@ fn ptl_has_no_bar2() {
     assert_eq!(dev.region_read(region::BAR2, 0, &mut b), Err(Errno::EINVAL));
     let _ = Arc::strong_count(&pf);
 }
+
+#[test]
+fn close_returns_the_vf_to_running() {
+    let pf = pf(Platform::Bmg, 1, 1 << 20);
+    let (dev, rec) = recorded(&pf, 1);
+    let hw = dev.variant().hw().clone();
+    hw.write_reg(xe_pf::vf::vf_sw_flag(0), 9);
+    // Closed in STOP_COPY: the save is cancelled and the VF resumed through the real arcs.
+    set(&dev, S::StopCopy).unwrap();
+    rec.take();
+    dev.close();
+    assert_eq!(
+        rec.take(),
+        ["stop_copy_exit(1)", "resume_device(1)"],
+        "STOP_COPY → STOP → RUNNING_P2P → RUNNING"
+    );
+    assert!(hw.engine_running());
+    assert_eq!(
+        hw.read_reg(xe_pf::vf::vf_sw_flag(0)),
+        9,
+        "registers persist across close"
+    );
+    // Closed in RESUMING with an incomplete stream: the walk fails, an FLR recovers the VF.
+    dev.open().unwrap();
+    set(&dev, S::Resuming).unwrap();
+    rec.take();
+    dev.close();
+    assert_eq!(
+        rec.take(),
+        ["resume_data_exit(1)", "flr_prepare(1)", "wait_flr_done(1)"]
+    );
+    assert_eq!(dev.migration().unwrap().state(), S::Running);
+    assert!(hw.engine_running());
+    set(&dev, S::Stop).unwrap();
+}

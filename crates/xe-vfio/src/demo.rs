@@ -13,7 +13,6 @@ use crate::util::{human, CliError, Context};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use vfio_core::device::region;
 use vfio_user::{Client, ServerOptions};
 use xe_pf::vf;
 use xe_pf::workload::{GuestAccess, Workload};
@@ -96,7 +95,7 @@ fn run(src_sock: &std::path::Path, dst_sock: &std::path::Path) -> Result<(), Cli
         .mmio_write32(vf::vf_sw_flag(0), 0xC0FF_EE00)
         .ctx(|| "guest: writing VF_SW_FLAG".into())?;
     guest_a
-        .mmio_write32(vf::med_vf_sw_flag(1), 0x0DDB_A11)
+        .mmio_write32(vf::med_vf_sw_flag(1), 0x00DD_BA11)
         .ctx(|| "guest: writing MED_VF_SW_FLAG".into())?;
     let base_a = guest_a
         .mmio_read32(vf::GGTT_BASE_LO)
@@ -183,7 +182,7 @@ fn run(src_sock: &std::path::Path, dst_sock: &std::path::Path) -> Result<(), Cli
     let r1 = guest_b
         .mmio_read32(vf::med_vf_sw_flag(1))
         .ctx(|| "reading MED_VF_SW_FLAG".into())?;
-    if (r0, r1) != (0xC0FF_EE00, 0x0DDB_A11) {
+    if (r0, r1) != (0xC0FF_EE00, 0x00DD_BA11) {
         return Err(CliError::new(format!(
             "registers differ on B: {r0:#x} {r1:#x}"
         )));
@@ -215,6 +214,5 @@ fn run(src_sock: &std::path::Path, dst_sock: &std::path::Path) -> Result<(), Cli
             report.source_state
         ),
     );
-    let _ = region::BAR0;
     Ok(())
 }

@@ -439,8 +439,8 @@ mod tests {
             error: 22,
         };
         let b = [
-            0x02, 0x01, 0x09, 0x00, 0x20, 0x00, 0x00, 0x00, 0x21, 0x00, 0x00, 0x00, 0x16, 0x00, 0x00,
-            0x00,
+            0x02, 0x01, 0x09, 0x00, 0x20, 0x00, 0x00, 0x00, 0x21, 0x00, 0x00, 0x00, 0x16, 0x00,
+            0x00, 0x00,
         ];
         assert_eq!(h.encode(), b);
         assert_eq!(Header::decode(&b), h);
@@ -451,14 +451,30 @@ mod tests {
         assert_eq!(tiny.check_size(64), Err(Errno::EINVAL));
         let big = Header { size: 65, ..h };
         assert_eq!(big.check_size(64), Err(Errno::EMSGSIZE));
-        let r = Header { msg_id: 7, command: 4, size: 16, flags: 0, error: 0 }.error_reply(Errno::ENOTTY);
-        assert_eq!(r.encode(), [7, 0, 4, 0, 16, 0, 0, 0, 0x21, 0, 0, 0, 25, 0, 0, 0]);
-        let nr = Header { flags: FLAG_NO_REPLY, ..Header::default() };
+        let r = Header {
+            msg_id: 7,
+            command: 4,
+            size: 16,
+            flags: 0,
+            error: 0,
+        }
+        .error_reply(Errno::ENOTTY);
+        assert_eq!(
+            r.encode(),
+            [7, 0, 4, 0, 16, 0, 0, 0, 0x21, 0, 0, 0, 25, 0, 0, 0]
+        );
+        let nr = Header {
+            flags: FLAG_NO_REPLY,
+            ..Header::default()
+        };
         assert!(nr.no_reply());
     }
 
     fn h(command: u16) -> Header {
-        Header { command, ..Header::default() }
+        Header {
+            command,
+            ..Header::default()
+        }
     }
 
     #[test]
@@ -467,54 +483,102 @@ mod tests {
         let p = [0x40, 0x02, 0x19, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0];
         assert_eq!(
             decode(&h(cmd::REGION_READ), &p, 1 << 20),
-            Ok(Request::RegionRead { offset: 0x190240, region: 0, count: 4 })
+            Ok(Request::RegionRead {
+                offset: 0x190240,
+                region: 0,
+                count: 4
+            })
         );
-        assert_eq!(decode(&h(cmd::REGION_READ), &p, 3), Err(Errno::EINVAL), "over max_xfer");
-        assert_eq!(decode(&h(cmd::REGION_READ), &p[..15], 1 << 20), Err(Errno::EINVAL));
+        assert_eq!(
+            decode(&h(cmd::REGION_READ), &p, 3),
+            Err(Errno::EINVAL),
+            "over max_xfer"
+        );
+        assert_eq!(
+            decode(&h(cmd::REGION_READ), &p[..15], 1 << 20),
+            Err(Errno::EINVAL)
+        );
         // REGION_WRITE: offset 0x10, region 2, count 2, data [0xaa, 0xbb].
-        let w = [0x10, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0xaa, 0xbb];
+        let w = [
+            0x10, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0xaa, 0xbb,
+        ];
         assert_eq!(
             decode(&h(cmd::REGION_WRITE), &w, 1 << 20),
-            Ok(Request::RegionWrite { offset: 0x10, region: 2, data: &[0xaa, 0xbb] })
+            Ok(Request::RegionWrite {
+                offset: 0x10,
+                region: 2,
+                data: &[0xaa, 0xbb]
+            })
         );
-        assert_eq!(decode(&h(cmd::REGION_WRITE), &w[..17], 1 << 20), Err(Errno::EINVAL), "count ≠ data");
+        assert_eq!(
+            decode(&h(cmd::REGION_WRITE), &w[..17], 1 << 20),
+            Err(Errno::EINVAL),
+            "count ≠ data"
+        );
     }
 
     #[test]
     fn info_and_feature_vectors() {
         let gi = [16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        assert_eq!(decode(&h(cmd::DEVICE_GET_INFO), &gi, 0), Ok(Request::GetInfo { argsz: 16 }));
+        assert_eq!(
+            decode(&h(cmd::DEVICE_GET_INFO), &gi, 0),
+            Ok(Request::GetInfo { argsz: 16 })
+        );
         let mut ri = [0u8; 32];
         ri[0] = 32;
         ri[8] = 7;
         assert_eq!(
             decode(&h(cmd::DEVICE_GET_REGION_INFO), &ri, 0),
-            Ok(Request::GetRegionInfo { argsz: 32, index: 7 })
+            Ok(Request::GetRegionInfo {
+                argsz: 32,
+                index: 7
+            })
         );
         // DEVICE_FEATURE: argsz 16, flags GET | MIGRATION.
         let f = [16, 0, 0, 0, 1, 0, 1, 0];
         assert_eq!(
             decode(&h(cmd::DEVICE_FEATURE), &f, 0),
-            Ok(Request::Feature { argsz: 16, flags: feature::GET | feature::MIGRATION, data: &[] })
+            Ok(Request::Feature {
+                argsz: 16,
+                flags: feature::GET | feature::MIGRATION,
+                data: &[]
+            })
         );
         // MIG_DATA_READ: argsz 0x100008, size 0x100000.
         let r = [8, 0, 0x10, 0, 0, 0, 0x10, 0];
         assert_eq!(
             decode(&h(cmd::MIG_DATA_READ), &r, 1 << 20),
-            Ok(Request::MigDataRead { argsz: 0x10_0008, size: 0x10_0000 })
+            Ok(Request::MigDataRead {
+                argsz: 0x10_0008,
+                size: 0x10_0000
+            })
         );
         // MIG_DATA_WRITE: argsz 8, size 3, data.
         let w = [8, 0, 0, 0, 3, 0, 0, 0, 1, 2, 3];
-        assert_eq!(decode(&h(cmd::MIG_DATA_WRITE), &w, 8), Ok(Request::MigDataWrite { data: &[1, 2, 3] }));
-        assert_eq!(decode(&h(cmd::MIG_DATA_WRITE), &w[..10], 8), Err(Errno::EINVAL));
+        assert_eq!(
+            decode(&h(cmd::MIG_DATA_WRITE), &w, 8),
+            Ok(Request::MigDataWrite { data: &[1, 2, 3] })
+        );
+        assert_eq!(
+            decode(&h(cmd::MIG_DATA_WRITE), &w[..10], 8),
+            Err(Errno::EINVAL)
+        );
         // VERSION: 0.1 + JSON + NUL.
         let mut v = vec![0, 0, 1, 0];
         v.extend_from_slice(b"{\"capabilities\":{}}\0");
         assert_eq!(
             decode(&h(cmd::VERSION), &v, 0),
-            Ok(Request::Version { major: 0, minor: 1, json: "{\"capabilities\":{}}" })
+            Ok(Request::Version {
+                major: 0,
+                minor: 1,
+                json: "{\"capabilities\":{}}"
+            })
         );
-        assert_eq!(decode(&h(cmd::VERSION), &[0, 0, 1, 0, 0xff, 0], 0), Err(Errno::EINVAL), "not UTF-8");
+        assert_eq!(
+            decode(&h(cmd::VERSION), &[0, 0, 1, 0, 0xff, 0], 0),
+            Err(Errno::EINVAL),
+            "not UTF-8"
+        );
         assert_eq!(decode(&h(200), &[], 0), Ok(Request::Unsupported(200)));
         assert_eq!(decode(&h(cmd::DEVICE_RESET), &[], 0), Ok(Request::Reset));
     }

@@ -153,6 +153,10 @@ struct Conn<'a> {
     out: Vec<u8>,
     /// Request buffer, reused.
     inbuf: Vec<u8>,
+    /// Migration data of the current MIG_DATA_READ reply, sent after `out` without a copy;
+    /// allocated once, to the negotiated transfer size.
+    data: Vec<u8>,
+    data_len: usize,
 }
 
 /// A reply's payload is left in `Conn::out` after the header; `Ok(Some(i))` asks to pass the
@@ -171,6 +175,8 @@ impl<'a> Conn<'a> {
             mig: None,
             out: Vec::with_capacity(HEADER_LEN + 64),
             inbuf: Vec::new(),
+            data: Vec::new(),
+            data_len: 0,
         }
     }
 
@@ -221,11 +227,12 @@ impl<'a> Conn<'a> {
             }
             self.out.clear();
             self.out.extend_from_slice(&[0u8; HEADER_LEN]);
+            self.data_len = 0;
             let r = self.handle(&h, &payload, fds);
             self.inbuf = payload;
             let r = match r {
                 Ok(fd_region) => {
-                    let size = self.out.len();
+                    let size = self.out.len() + self.data_len;
                     self.out[..HEADER_LEN].copy_from_slice(&h.reply(size - HEADER_LEN).encode());
                     let dev = self.dev;
                     let fds: Vec<BorrowedFd<'_>> = fd_region
@@ -235,7 +242,11 @@ impl<'a> Conn<'a> {
                     if h.no_reply() {
                         Ok(())
                     } else {
-                        sock::send_all(&self.stream, &[&self.out], &fds)
+                        sock::send_all(
+                            &self.stream,
+                            &[&self.out, &self.data[..self.data_len]],
+                            &fds,
+                        )
                     }
                 }
                 Err(e) => {
@@ -415,19 +426,19 @@ impl<'a> Conn<'a> {
                     return Err(Errno::EINVAL);
                 };
                 let s = s.clone();
-                let at = self.out.len() + 8;
-                self.out.resize(at + size as usize, 0);
+                if self.data.len() < size as usize {
+                    self.data.resize(size as usize, 0);
+                }
                 let mut n = 0usize;
                 while n < size as usize {
-                    let k = s.read(&mut self.out[at + n..])?;
+                    let k = s.read(&mut self.data[n..size as usize])?;
                     if k == 0 {
                         break;
                     }
                     n += k;
                 }
-                self.out.truncate(at + n);
-                self.out[at - 8..at - 4].copy_from_slice(&(8 + n as u32).to_ne_bytes());
-                self.out[at - 4..at].copy_from_slice(&(n as u32).to_ne_bytes());
+                self.data_len = n;
+                self.put(Payload::new().u32(8 + n as u32).u32(n as u32));
             }
             Request::MigDataWrite { data } => {
                 let core = self.dev.migration().ok_or(Errno::ENOTTY)?;

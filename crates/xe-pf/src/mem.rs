@@ -81,29 +81,44 @@ impl Backing {
 
     /// Writes `data` at `offset`, but turns whole zero pages into holes instead of writing them,
     /// so restoring a mostly empty LMEM keeps the destination sparse. Same result as `write`.
+    /// Consecutive pages of the same kind go out as one `pwrite` or one hole punch.
     pub fn write_sparse(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
         self.check(offset, data.len())?;
+        // (start, end, zero) of the run being built.
+        let mut run: Option<(usize, usize, bool)> = None;
         let mut i = 0;
         while i < data.len() {
             let at = offset + i as u64;
-            // Align runs to pages of the backing, so holes are page-sized.
-            let to_boundary = PAGE - (at as usize % PAGE);
-            let n = to_boundary.min(data.len() - i);
-            let chunk = &data[i..i + n];
-            if n == PAGE && is_zero(chunk) {
-                // Collapse consecutive zero pages into one hole punch.
-                let mut m = n;
-                while i + m + PAGE <= data.len() && is_zero(&data[i + m..i + m + PAGE]) {
-                    m += PAGE;
+            let n = (PAGE - (at as usize % PAGE)).min(data.len() - i);
+            // Only whole pages become holes; partial pages are written.
+            let zero = n == PAGE && is_zero(&data[i..i + n]);
+            run = match run {
+                Some((s, _, z)) if z == zero => Some((s, i + n, z)),
+                Some(r) => {
+                    self.flush_run(offset, data, r)?;
+                    Some((i, i + n, zero))
                 }
-                self.zero(at, m as u64)?;
-                i += m;
-            } else {
-                self.write(at, chunk)?;
-                i += n;
-            }
+                None => Some((i, i + n, zero)),
+            };
+            i += n;
+        }
+        if let Some(r) = run {
+            self.flush_run(offset, data, r)?;
         }
         Ok(())
+    }
+
+    fn flush_run(
+        &self,
+        offset: u64,
+        data: &[u8],
+        (s, e, zero): (usize, usize, bool),
+    ) -> Result<(), Errno> {
+        if zero {
+            self.zero(offset + s as u64, (e - s) as u64)
+        } else {
+            self.write(offset + s as u64, &data[s..e])
+        }
     }
 
     /// Zeroes `[offset, offset+len)`, releasing whole pages.
@@ -139,4 +154,30 @@ pub fn is_zero(b: &[u8]) -> bool {
         .map(|c| u128::from_ne_bytes(c.try_into().unwrap_or([0xff; 16])))
         .all(|w| w == 0)
         && tail.iter().all(|&x| x == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_sparse_equals_write() {
+        let a = Backing::new("a", 64 << 10).unwrap();
+        let b = Backing::new("b", 64 << 10).unwrap();
+        // Stale data in both, then the same mixed write (zero pages, data, partial pages).
+        a.write(0, &[0xee; 64 << 10]).unwrap();
+        b.write(0, &[0xee; 64 << 10]).unwrap();
+        let mut d = vec![0u8; 40 << 10];
+        d[5000] = 1;
+        d[20000..24000].fill(7);
+        d[(40 << 10) - 1] = 9;
+        a.write(1000, &d).unwrap();
+        b.write_sparse(1000, &d).unwrap();
+        let (mut x, mut y) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
+        a.read(0, &mut x).unwrap();
+        b.read(0, &mut y).unwrap();
+        assert!(x == y);
+        assert!(is_zero(&[0; 33]) && !is_zero(&[0, 0, 1]));
+        assert_eq!(b.write_sparse(60 << 10, &[0; 8 << 10]), Err(Errno::EINVAL));
+    }
 }

@@ -1,5 +1,6 @@
 //! `xe-vfio`: serve emulated Intel Xe SR-IOV VFs over vfio-user and migrate them.
 
+mod bench;
 mod demo;
 mod ops;
 mod remote;
@@ -88,6 +89,18 @@ enum Cmd {
     },
     /// Two emulated hosts, a busy VF, a live migration, everything verified.
     Demo,
+    /// Measure migration throughput, downtime and memory against memcpy and raw-socket
+    /// baselines from the same run.
+    Bench {
+        /// LMEM sizes to migrate, comma-separated.
+        #[arg(long, default_value = "256M,1G,4G")]
+        sizes: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// (internal) The receiving process of the raw-socket baseline.
+    #[command(hide = true)]
+    BenchSink { path: PathBuf },
 }
 
 fn progress_bar(len: u64) -> ProgressBar {
@@ -227,6 +240,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         Cmd::Demo => demo::demo(),
+        Cmd::Bench { sizes, json } => bench::bench(&sizes, json),
+        Cmd::BenchSink { path } => bench::sink(&path),
     }
 }
 

@@ -1,0 +1,386 @@
+//! `xe-vfio bench`: migration throughput, downtime and memory, against baselines measured in the
+//! same run on the same machine.
+//!
+//! - memcpy: the best of several copies between two touched 256 MiB buffers;
+//! - raw socket: the same byte count written over a UNIX socket to a second process (1 MiB writes);
+//! - in-process: save from PF A and restore into PF B with no sockets — a source thread reads the
+//!   stream while a destination thread writes it, as two hosts would;
+//! - vfio-user: two `xe-vfio serve` processes and this process as the orchestrator (1 MiB
+//!   `MIG_DATA_READ`/`MIG_DATA_WRITE`), with the servers' peak RSS and the downtime.
+//!
+//! LMEM is filled with non-zero data first (zero pages would flatter the restore path, which
+//! turns them into holes).
+
+use crate::ops;
+use crate::util::{human, parse_size, CliError, Context};
+use serde::Serialize;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use vfio_core::device::region;
+use vfio_user::Client;
+use xe_pf::pf::VfProvision;
+use xe_pf::{PfConfig, Platform, SriovVfio, XePf};
+
+const CHUNK: usize = 1 << 20;
+
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub lmem_bytes: u64,
+    pub stream_bytes: u64,
+    pub inproc_gib_s: f64,
+    pub inproc_ratio_memcpy: f64,
+    pub vfio_user_gib_s: f64,
+    pub vfio_user_ratio_socket: f64,
+    pub downtime_ms: f64,
+    pub src_peak_rss_growth: u64,
+    pub dst_peak_rss_growth: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub machine: String,
+    pub memcpy_gib_s: f64,
+    pub socket_gib_s: f64,
+    pub rows: Vec<Row>,
+}
+
+fn gib_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64 / d.as_secs_f64().max(1e-9)
+}
+
+fn memcpy_baseline() -> f64 {
+    let n = 256 << 20;
+    let src: Vec<u8> = (0..n).map(|i| (i * 13) as u8).collect();
+    let mut dst = vec![1u8; n];
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        dst.copy_from_slice(&src);
+        best = best.min(t.elapsed().as_secs_f64());
+        std::hint::black_box(&dst);
+    }
+    n as f64 / (1u64 << 30) as f64 / best
+}
+
+/// The child side of the socket baseline: read everything, acknowledge with one byte.
+pub fn sink(path: &Path) -> Result<(), CliError> {
+    let mut s = UnixStream::connect(path).ctx(|| "bench sink: connecting".into())?;
+    let mut len = [0u8; 8];
+    s.read_exact(&mut len)
+        .ctx(|| "bench sink: reading".into())?;
+    let mut left = u64::from_le_bytes(len);
+    let mut buf = vec![0u8; CHUNK];
+    while left > 0 {
+        let n = s.read(&mut buf).ctx(|| "bench sink: reading".into())?;
+        if n == 0 {
+            return Err(CliError::new("bench sink: early EOF"));
+        }
+        left -= n as u64;
+    }
+    s.write_all(&[1])
+        .ctx(|| "bench sink: acknowledging".into())?;
+    Ok(())
+}
+
+fn socket_baseline(dir: &Path, bytes: u64) -> Result<f64, CliError> {
+    let path = dir.join("baseline.sock");
+    let l = UnixListener::bind(&path).ctx(|| "binding the baseline socket".into())?;
+    let mut child = Command::new(std::env::current_exe().ctx(|| "finding myself".into())?)
+        .arg("bench-sink")
+        .arg(&path)
+        .spawn()
+        .ctx(|| "starting the sink process".into())?;
+    let (mut s, _) = l.accept().ctx(|| "accepting the sink".into())?;
+    let buf: Vec<u8> = (0..CHUNK).map(|i| i as u8).collect();
+    s.write_all(&bytes.to_le_bytes()).ctx(|| "writing".into())?;
+    let t = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = (left as usize).min(CHUNK);
+        s.write_all(&buf[..n]).ctx(|| "writing".into())?;
+        left -= n as u64;
+    }
+    let mut ack = [0u8; 1];
+    s.read_exact(&mut ack)
+        .ctx(|| "waiting for the sink".into())?;
+    let d = t.elapsed();
+    let _ = child.wait();
+    Ok(gib_s(bytes, d))
+}
+
+fn fill(
+    write: &mut dyn FnMut(u64, &[u8]) -> Result<(), CliError>,
+    size: u64,
+) -> Result<(), CliError> {
+    let mut buf: Vec<u8> = (0..CHUNK).map(|i| (i as u8) | 1).collect();
+    let mut at = 0u64;
+    while at < size {
+        let n = ((size - at) as usize).min(CHUNK);
+        buf[0] = (at >> 20) as u8 | 1; // every chunk a little different
+        write(at, &buf[..n])?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+fn bmg(lmem: u64) -> Result<std::sync::Arc<XePf>, CliError> {
+    let mut cfg = PfConfig::new(Platform::Bmg);
+    cfg.lmem_size = lmem;
+    let pf = XePf::new(cfg).ctx(|| "creating a PF".into())?;
+    pf.enable_vfs(
+        1,
+        VfProvision {
+            lmem,
+            ggtt: xe_pf::pf::DEFAULT_VF_GGTT,
+        },
+    )
+    .ctx(|| "enabling a VF".into())?;
+    Ok(pf)
+}
+
+fn in_process(lmem: u64) -> Result<(u64, Duration), CliError> {
+    let (a, b) = (bmg(lmem)?, bmg(lmem)?);
+    let src = a.vf(1).ctx(|| "VF".into())?;
+    fill(
+        &mut |at, d| {
+            src.hw
+                .lmem()
+                .ok_or_else(|| CliError::new("no LMEM"))?
+                .write(at, d)
+                .ctx(|| "filling LMEM".into())
+        },
+        lmem,
+    )?;
+    a.suspend_device(1).ctx(|| "pausing A".into())?;
+    b.suspend_device(1).ctx(|| "pausing B".into())?;
+    b.resume_data_enter(1).ctx(|| "resume_data_enter".into())?;
+    let t = Instant::now();
+    a.stop_copy_enter(1).ctx(|| "stop_copy_enter".into())?;
+    // Source and destination threads, like two hosts, joined by a small pool of buffers.
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(4);
+    let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    for _ in 0..4 {
+        let _ = free_tx.send(vec![0u8; CHUNK]);
+    }
+    let a2 = a.clone();
+    let reader = std::thread::spawn(move || -> Result<u64, vfio_core::Errno> {
+        let mut total = 0u64;
+        while let Ok(mut buf) = free_rx.recv() {
+            let n = a2.data_read(1, &mut buf)?;
+            total += n as u64;
+            let end = n < buf.len();
+            if full_tx.send((buf, n)).is_err() || end {
+                break;
+            }
+        }
+        Ok(total)
+    });
+    while let Ok((buf, n)) = full_rx.recv() {
+        b.data_write(1, &buf[..n]).ctx(|| "data_write".into())?;
+        let _ = free_tx.send(buf);
+    }
+    let total = reader
+        .join()
+        .map_err(|_| CliError::new("reader panicked"))?
+        .ctx(|| "data_read".into())?;
+    a.stop_copy_exit(1).ctx(|| "stop_copy_exit".into())?;
+    b.resume_data_exit(1).ctx(|| "resume_data_exit".into())?;
+    let d = t.elapsed();
+    // Spot-check the copy.
+    let (x, y) = (a.vf(1).ctx(|| "VF".into())?, b.vf(1).ctx(|| "VF".into())?);
+    let mut p = vec![0u8; 4096];
+    let mut q = vec![0u8; 4096];
+    for at in [0, lmem / 2, lmem - 4096] {
+        x.hw.lmem()
+            .unwrap()
+            .read(at, &mut p)
+            .ctx(|| "checking".into())?;
+        y.hw.lmem()
+            .unwrap()
+            .read(at, &mut q)
+            .ctx(|| "checking".into())?;
+        if p != q {
+            return Err(CliError::new(format!(
+                "in-process restore differs at {at:#x}"
+            )));
+        }
+    }
+    Ok((total, d))
+}
+
+struct ServeChild(Child);
+impl Drop for ServeChild {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_serve(dir: &Path, lmem: u64) -> Result<ServeChild, CliError> {
+    let mut c = Command::new(std::env::current_exe().ctx(|| "finding myself".into())?)
+        .args(["serve", "--platform", "bmg", "--vfs", "1", "--lmem-per-vf"])
+        .arg(lmem.to_string())
+        .arg("--socket-dir")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .ctx(|| "starting a server".into())?;
+    let mut out = c.stdout.take().ok_or_else(|| CliError::new("no stdout"))?;
+    let mut seen = String::new();
+    let mut b = [0u8; 256];
+    while !seen.contains("ready") {
+        let n = out.read(&mut b).ctx(|| "waiting for the server".into())?;
+        if n == 0 {
+            return Err(CliError::new("the server exited before it was ready"));
+        }
+        seen.push_str(&String::from_utf8_lossy(&b[..n]));
+    }
+    Ok(ServeChild(c))
+}
+
+fn status(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+fn over_vfio_user(dir: &Path, lmem: u64) -> Result<(ops::Report, u64, u64), CliError> {
+    let (da, db) = (dir.join(format!("a{lmem}")), dir.join(format!("b{lmem}")));
+    let a = spawn_serve(&da, lmem)?;
+    let b = spawn_serve(&db, lmem)?;
+    let mut src = Client::connect(&da.join("vf1.sock")).ctx(|| "connecting to A".into())?;
+    let mut dst = Client::connect(&db.join("vf1.sock")).ctx(|| "connecting to B".into())?;
+    fill(
+        &mut |at, d| {
+            src.region_write(region::BAR2, at, d)
+                .ctx(|| "filling LMEM".into())
+        },
+        lmem,
+    )?;
+    let (pa, pb) = (a.0.id(), b.0.id());
+    let (ra, rb) = (status(pa, "VmRSS"), status(pb, "VmRSS"));
+    for p in [pa, pb] {
+        let _ = std::fs::write(format!("/proc/{p}/clear_refs"), "5");
+    }
+    let r = ops::migrate(&mut src, &mut dst, &mut |_, _| {})?;
+    let (ha, hb) = (status(pa, "VmHWM"), status(pb, "VmHWM"));
+    Ok((r, ha.saturating_sub(ra), hb.saturating_sub(rb)))
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mem = status_mem();
+    format!("{cpu}, {cores} cores, {} RAM", human(mem))
+}
+
+fn status_mem() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Runs the benchmark for each LMEM size.
+pub fn bench(sizes: &str, json: bool) -> Result<(), CliError> {
+    let sizes: Vec<u64> = sizes
+        .split(',')
+        .map(parse_size)
+        .collect::<Result<_, _>>()
+        .map_err(CliError::new)?;
+    let dir = tempfile::tempdir().ctx(|| "creating a temporary directory".into())?;
+    let say = |s: String| {
+        if !json {
+            eprintln!("{s}");
+        }
+    };
+    say("measuring memcpy ...".into());
+    let memcpy = memcpy_baseline();
+    say("measuring a raw UNIX socket between two processes ...".into());
+    let max = sizes.iter().copied().max().unwrap_or(256 << 20);
+    let socket = socket_baseline(dir.path(), max)?;
+    let mut rows = Vec::new();
+    for &lmem in &sizes {
+        say(format!("{}: in-process save+restore ...", human(lmem)));
+        let (bytes, d) = in_process(lmem)?;
+        let inproc = gib_s(bytes, d);
+        say(format!(
+            "{}: vfio-user migration between two serve processes ...",
+            human(lmem)
+        ));
+        let (r, ga, gb) = over_vfio_user(dir.path(), lmem)?;
+        let vu = gib_s(r.bytes, Duration::from_secs_f64(r.transfer_seconds));
+        rows.push(Row {
+            lmem_bytes: lmem,
+            stream_bytes: bytes,
+            inproc_gib_s: inproc,
+            inproc_ratio_memcpy: inproc / memcpy,
+            vfio_user_gib_s: vu,
+            vfio_user_ratio_socket: vu / socket,
+            downtime_ms: r.downtime_ms,
+            src_peak_rss_growth: ga,
+            dst_peak_rss_growth: gb,
+        });
+    }
+    let res = Results {
+        machine: machine(),
+        memcpy_gib_s: memcpy,
+        socket_gib_s: socket,
+        rows,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&res).unwrap_or_default());
+        return Ok(());
+    }
+    println!("machine: {}", res.machine);
+    println!(
+        "baselines: memcpy {:.2} GiB/s, raw UNIX socket (2 processes) {:.2} GiB/s",
+        memcpy, socket
+    );
+    println!(
+        "{:>8} | {:>10} {:>6} | {:>10} {:>6} | {:>9} | {:>9} {:>9}",
+        "LMEM", "in-proc", "×mcpy", "vfio-user", "×sock", "downtime", "src RSS+", "dst RSS+"
+    );
+    for r in &res.rows {
+        println!(
+            "{:>8} | {:>6.2} GiB/s {:>5.2} | {:>6.2} GiB/s {:>5.2} | {:>6.0} ms | {:>9} {:>9}",
+            human(r.lmem_bytes),
+            r.inproc_gib_s,
+            r.inproc_ratio_memcpy,
+            r.vfio_user_gib_s,
+            r.vfio_user_ratio_socket,
+            r.downtime_ms,
+            human(r.src_peak_rss_growth),
+            human(r.dst_peak_rss_growth)
+        );
+    }
+    Ok(())
+}

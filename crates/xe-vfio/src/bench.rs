@@ -111,8 +111,11 @@ fn socket_baseline(dir: &Path, bytes: u64) -> Result<f64, CliError> {
     Ok(gib_s(bytes, d))
 }
 
+/// Writes `data` at an offset of the VF's LMEM.
+type LmemWriter<'a> = dyn FnMut(u64, &[u8]) -> Result<(), CliError> + 'a;
+
 fn fill(
-    write: &mut dyn FnMut(u64, &[u8]) -> Result<(), CliError>,
+    write: &mut LmemWriter<'_>,
     size: u64,
 ) -> Result<(), CliError> {
     let mut buf: Vec<u8> = (0..CHUNK).map(|i| (i as u8) | 1).collect();

@@ -114,10 +114,7 @@ fn socket_baseline(dir: &Path, bytes: u64) -> Result<f64, CliError> {
 /// Writes `data` at an offset of the VF's LMEM.
 type LmemWriter<'a> = dyn FnMut(u64, &[u8]) -> Result<(), CliError> + 'a;
 
-fn fill(
-    write: &mut LmemWriter<'_>,
-    size: u64,
-) -> Result<(), CliError> {
+fn fill(write: &mut LmemWriter<'_>, size: u64) -> Result<(), CliError> {
     let mut buf: Vec<u8> = (0..CHUNK).map(|i| (i as u8) | 1).collect();
     let mut at = 0u64;
     while at < size {

@@ -57,6 +57,7 @@ impl Client {
     /// Connects and negotiates asking for `max_xfer`.
     pub fn connect_with(path: &Path, max_xfer: u32) -> Result<Client> {
         let sock = UnixStream::connect(path)?;
+        sock::tune(&sock);
         // A server serves one client at a time: if another is attached, our VERSION waits in
         // the backlog. Say so instead of hanging.
         sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;

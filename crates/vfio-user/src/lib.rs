@@ -19,3 +19,4 @@ mod sock;
 
 pub use client::{Client, ClientError};
 pub use server::{Server, ServerOptions};
+pub use sock::tune as tune_socket;

@@ -101,6 +101,7 @@ impl Server {
                 Err(e) => return Err(e),
             };
             tracing::info!(socket = %self.path.display(), "client connected");
+            sock::tune(&stream);
             let mut conn = Conn::new(stream, &*self.device, &self.opts);
             if let Err(e) = self.device.open() {
                 tracing::warn!(%e, "device open failed");

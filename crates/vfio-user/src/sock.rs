@@ -96,3 +96,13 @@ pub fn readable(sock: impl AsFd, timeout_ms: i32) -> io::Result<bool> {
         Err(e) => Err(e.into()),
     }
 }
+
+/// Socket buffer size for data connections: a 1 MiB message then moves in one or two wakeups
+/// instead of five (the default is about 208 KiB). Best effort: the kernel may clamp it.
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Enlarges both socket buffers of `sock` (errors ignored: only a performance hint).
+pub fn tune(sock: impl AsFd) {
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(&sock, SOCKET_BUFFER);
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&sock, SOCKET_BUFFER);
+}

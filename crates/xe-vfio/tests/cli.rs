@@ -228,3 +228,22 @@ fn errors_read_like_a_tools() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown platform"));
 }
+
+#[test]
+fn bench_runs_and_reports_json() {
+    let out = xe_vfio(&["bench", "--sizes", "8M", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["memcpy_gib_s"].as_f64().unwrap() > 0.0);
+    assert!(v["socket_gib_s"].as_f64().unwrap() > 0.0);
+    let row = &v["rows"][0];
+    assert_eq!(row["lmem_bytes"], 8 << 20);
+    assert!(row["stream_bytes"].as_u64().unwrap() > 8 << 20);
+    assert!(row["vfio_user_gib_s"].as_f64().unwrap() > 0.0);
+    assert!(row["src_peak_rss_growth"].as_u64().unwrap() < 64 << 20);
+    assert!(row["dst_peak_rss_growth"].as_u64().unwrap() < 64 << 20);
+}

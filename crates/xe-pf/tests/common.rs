@@ -10,9 +10,9 @@ use xe_pf::{PfConfig, Platform, SriovVfio, Timeouts, XePf};
 
 pub fn quick_timeouts() -> Timeouts {
     Timeouts {
-        default: Duration::from_millis(300),
-        flr: Duration::from_millis(600),
-        restore: Duration::from_millis(600),
+        default: Duration::from_millis(1000),
+        flr: Duration::from_millis(2000),
+        restore: Duration::from_millis(2000),
     }
 }
 

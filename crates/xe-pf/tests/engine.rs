@@ -67,6 +67,18 @@ fn paused_vf_records_doorbells_and_runs_them_after_resume() {
     w.verify().unwrap();
 }
 
+/// Polls a register until it has `want` (up to 10 s).
+fn wait_reg(hw: &xe_pf::vf::VfHw, off: u64, want: u32) -> u32 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = hw.read_reg(off);
+        if v == want || std::time::Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn bad_jobs_report_errors_and_the_engine_keeps_going() {
     let pf = pf_with(Platform::Bmg, 1, 8 << 20);
@@ -80,16 +92,14 @@ fn bad_jobs_report_errors_and_the_engine_keeps_going() {
     })
     .unwrap();
     w.doorbell().unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(hw.read_reg(vf::ERROR), vf::ERR_FAULT);
+    assert_eq!(wait_reg(&hw, vf::ERROR, vf::ERR_FAULT), vf::ERR_FAULT);
     assert_ne!(hw.read_reg(vf::STATUS) & vf::STATUS_ERROR, 0);
     hw.write_reg(vf::ERROR, 0);
     assert_eq!(hw.read_reg(vf::ERROR), 0);
     // A bad ring size drops the queue with ERR_RING.
     hw.write_reg(vf::RING_SIZE, 100);
     hw.write_reg(vf::RING_TAIL, 64);
-    std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(hw.read_reg(vf::ERROR), vf::ERR_RING);
+    assert_eq!(wait_reg(&hw, vf::ERROR, vf::ERR_RING), vf::ERR_RING);
 }
 
 proptest! {

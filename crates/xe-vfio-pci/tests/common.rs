@@ -78,9 +78,9 @@ impl SriovVfio for Recorder {
 
 pub fn quick() -> Timeouts {
     Timeouts {
-        default: Duration::from_millis(300),
-        flr: Duration::from_millis(800),
-        restore: Duration::from_millis(800),
+        default: Duration::from_millis(1000),
+        flr: Duration::from_millis(2000),
+        restore: Duration::from_millis(2000),
     }
 }
 

@@ -13,6 +13,15 @@
 //! - [`sriov_vfio`]: the calls the PF exports to the VFIO variant driver (SPEC §3).
 //!
 //! This crate knows nothing of VFIO beyond the `Errno` type it shares with it.
+//!
+//! # Threads and locks
+//!
+//! One worker thread per GT (control requests), one engine thread per VF, and one producer
+//! thread per GT for the length of a save. Lock order, outermost first: the VF's migration-session
+//! lock (`Vf::mig`, held only to look up or swap the session) → a session's reader or restore lock
+//! → the GT ring lock → the VF hardware locks (engine, PTEs, scratch registers, GuC context), which
+//! are leaves. The control lock (`VfCtl`) is never held across a GuC request: a caller marks the
+//! operation in progress, releases it, and waits for the GT worker's answer with a timeout.
 
 pub mod control;
 pub mod ggtt;

@@ -186,6 +186,7 @@ pub struct VfHw {
     /// Lock: engine registers and run state. `cv` signals every change.
     engine: Mutex<EngineState>,
     cv: Condvar,
+    /// Lock: the engine thread's handle, taken once to join it on shutdown.
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Set when an MMIO or job touched something invalid (diagnostics only).
     saw_bad_access: AtomicBool,

@@ -36,6 +36,7 @@ pub(crate) enum Session {
     #[default]
     None,
     Save(Arc<SaveSession>),
+    /// Restore lock: the parse position; one writer at a time.
     Restore(Arc<std::sync::Mutex<RestoreSession>>),
 }
 

@@ -98,6 +98,7 @@ pub(crate) struct SaveSession {
     hw: Arc<VfHw>,
     descriptor: Vec<u8>,
     shared: Arc<Shared>,
+    /// Lock: the producer threads' handles, taken to join them (end or cancel).
     producers: Mutex<Vec<JoinHandle<()>>>,
     /// Reader lock: the read position. Held while a read blocks on the producers.
     reader: Mutex<Reader>,

@@ -21,7 +21,6 @@ pub(crate) mod restore;
 pub(crate) mod save;
 pub mod wire;
 
-use crate::control::CtlState;
 use crate::pf::{Vf, XePf};
 use crate::sync::lock;
 use restore::{RestoreSession, Target};
@@ -148,14 +147,6 @@ pub(crate) fn data_write(vf: &Vf, buf: &[u8]) -> Result<usize, Errno> {
     g.write(buf)
 }
 
-/// The format error that broke the VF's current restore, if any (diagnostics).
-pub fn restore_error(vf: &Vf) -> Option<wire::WireError> {
-    match &*lock(&vf.mig) {
-        Session::Restore(s) => lock(s).wire_error().cloned(),
-        _ => None,
-    }
-}
-
 /// Per-item sizes of a save of `vf`, over GTs: (GUC, MMIO, GGTT, VRAM) payload bytes.
 fn items(pf: &XePf, vf: &Vf) -> Result<Vec<u64>, Errno> {
     let mut v = Vec::new();
@@ -187,11 +178,4 @@ pub fn stream_len(pf: &XePf, vfid: u32) -> Result<u64, Errno> {
         + descriptor(pf).packet().len() as u64
         + HEADER_LEN as u64
         + HEADER_LEN as u64 * chunks.saturating_sub(1))
-}
-
-/// Whether the VF is in a save or restore session on every GT (diagnostics).
-pub fn in_session(vf: &Vf) -> bool {
-    vf.control_states()
-        .iter()
-        .all(|s| matches!(s, CtlState::Saving | CtlState::Restoring))
 }

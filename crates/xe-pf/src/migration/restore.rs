@@ -53,8 +53,7 @@ pub(crate) struct RestoreSession {
     seen_descriptor: bool,
     seen_trailer: bool,
     failed: Option<Errno>,
-    /// Where the stream broke, for the log and for `inspect`-style messages.
-    error: Option<WireError>,
+    /// Bytes consumed so far (where a stream broke, for the log).
     bytes: u64,
 }
 
@@ -70,7 +69,6 @@ impl RestoreSession {
             seen_descriptor: false,
             seen_trailer: false,
             failed: None,
-            error: None,
             bytes: 0,
         }
     }
@@ -89,18 +87,10 @@ impl RestoreSession {
                 };
                 tracing::warn!(vfid = self.target.vfid, at = self.bytes, error = %err,
                     "migration stream rejected");
-                if let Failure::Wire(w) = err {
-                    self.error = Some(w);
-                }
                 self.failed = Some(e);
                 Err(e)
             }
         }
-    }
-
-    /// The error that broke the stream, if it was a format error.
-    pub(crate) fn wire_error(&self) -> Option<&WireError> {
-        self.error.as_ref()
     }
 
     /// Finishes: `EIO` unless a complete, valid stream was written.

@@ -245,3 +245,28 @@ fn flr_timeout_then_recovery() {
     assert_eq!(flr(&pf, 1), Err(Errno::EIO));
     flr(&pf, 1).unwrap();
 }
+
+#[test]
+fn a_trigger_failing_on_one_gt_changes_nothing() {
+    let pf = pf_with(Platform::Ptl, 1, 0);
+    pf.suspend_device(1).unwrap();
+    pf.faults()
+        .inject(1, Some(1), GucOp::Save, Fault::Fail(Errno::EPROTO), 1);
+    assert_eq!(pf.stop_copy_enter(1), Err(Errno::EPROTO));
+    assert_eq!(
+        pf.vf(1).unwrap().control_states(),
+        vec![CtlState::Paused; 2]
+    );
+    pf.faults()
+        .inject(1, Some(1), GucOp::Restore, Fault::Timeout, 1);
+    assert_eq!(pf.resume_data_enter(1), Err(Errno::ETIMEDOUT));
+    assert_eq!(
+        pf.vf(1).unwrap().control_states(),
+        vec![CtlState::Paused; 2]
+    );
+    // Nothing is stuck: the VF resumes, and a save works.
+    pf.resume_device(1).unwrap();
+    pf.suspend_device(1).unwrap();
+    pf.stop_copy_enter(1).unwrap();
+    pf.stop_copy_exit(1).unwrap();
+}

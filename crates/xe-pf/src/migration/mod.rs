@@ -60,7 +60,11 @@ pub(crate) fn stop_copy_enter(pf: &XePf, vf: &Vf) -> Result<(), Errno> {
     if !matches!(*mig, Session::None) {
         return Err(Errno::EBUSY);
     }
-    pf.control(vf).save_trigger()?;
+    if let Err(e) = pf.control(vf).save_trigger() {
+        // GTs that did enter the save go back to Paused: a failed trigger changes nothing.
+        pf.control(vf).session_finish();
+        return Err(e);
+    }
     let s = SaveSession::start(
         vf.hw.clone(),
         pf.faults_arc(),
@@ -100,7 +104,10 @@ pub(crate) fn resume_data_enter(pf: &XePf, vf: &Vf) -> Result<(), Errno> {
     if !matches!(*mig, Session::None) {
         return Err(Errno::EBUSY);
     }
-    pf.control(vf).restore_trigger()?;
+    if let Err(e) = pf.control(vf).restore_trigger() {
+        pf.control(vf).session_finish();
+        return Err(e);
+    }
     let target = Target {
         vfid: vf.vfid(),
         device_id: pf.device_id(),

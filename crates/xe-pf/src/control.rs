@@ -95,6 +95,18 @@ pub struct Timeouts {
     pub restore: Duration,
 }
 
+impl Timeouts {
+    /// Short timeouts (1 s default, 2 s FLR and restore) for tests and tools that inject GuC
+    /// faults and want a "no answer" to surface quickly.
+    pub fn short() -> Timeouts {
+        Timeouts {
+            default: Duration::from_secs(1),
+            flr: Duration::from_secs(2),
+            restore: Duration::from_secs(2),
+        }
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {

@@ -65,6 +65,20 @@ impl PfConfig {
     }
 }
 
+impl PfConfig {
+    /// Defaults for `platform`, with total LMEM sized for `vfs` VFs of `lmem_per_vf` each on
+    /// discrete parts (ignored on integrated ones). `EINVAL` if the product overflows.
+    pub fn sized_for(platform: Platform, vfs: u32, lmem_per_vf: u64) -> Result<PfConfig, Errno> {
+        let mut cfg = PfConfig::new(platform);
+        if platform.has_vram() {
+            cfg.lmem_size = lmem_per_vf
+                .checked_mul(u64::from(vfs))
+                .ok_or(Errno::EINVAL)?;
+        }
+        Ok(cfg)
+    }
+}
+
 /// What each VF gets.
 #[derive(Clone, Copy, Debug)]
 pub struct VfProvision {
@@ -168,6 +182,14 @@ impl XePf {
             vfs: RwLock::new(Vec::new()),
             workers,
         }))
+    }
+
+    /// A PF built from `cfg` with `n` VFs provisioned with `prov` (see [`XePf::new`] and
+    /// [`XePf::enable_vfs`] for the errors).
+    pub fn with_vfs(cfg: PfConfig, n: u32, prov: VfProvision) -> Result<Arc<XePf>, Errno> {
+        let pf = XePf::new(cfg)?;
+        pf.enable_vfs(n, prov)?;
+        Ok(pf)
     }
 
     pub fn config(&self) -> &PfConfig {

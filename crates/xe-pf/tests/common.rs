@@ -2,35 +2,26 @@
 #![allow(dead_code)]
 
 use std::sync::Arc;
-use std::time::Duration;
 use xe_pf::mem::Backing;
 use xe_pf::pf::VfProvision;
 use xe_pf::workload::{DirectAccess, Workload};
 use xe_pf::{PfConfig, Platform, SriovVfio, Timeouts, XePf};
 
-pub fn quick_timeouts() -> Timeouts {
-    Timeouts {
-        default: Duration::from_millis(1000),
-        flr: Duration::from_millis(2000),
-        restore: Duration::from_millis(2000),
-    }
-}
-
-/// A PF of `platform` with `n` VFs of `lmem` bytes each (0 on integrated parts).
+/// A PF of `platform` with `n` VFs of `lmem` bytes each (0 on integrated parts), short
+/// timeouts and 1 MiB VRAM chunks.
 pub fn pf_with(platform: Platform, n: u32, lmem: u64) -> Arc<XePf> {
     let mut cfg = PfConfig::new(platform);
-    cfg.timeouts = quick_timeouts();
+    cfg.timeouts = Timeouts::short();
     cfg.vram_chunk = 1 << 20;
-    let pf = XePf::new(cfg).unwrap();
-    pf.enable_vfs(
+    XePf::with_vfs(
+        cfg,
         n,
         VfProvision {
             lmem,
             ggtt: 8 << 20,
         },
     )
-    .unwrap();
-    pf
+    .unwrap()
 }
 
 /// A workload on VF `vfid`: LMEM on discrete parts, attached system memory on integrated ones.

@@ -2,7 +2,6 @@
 //! A recording PF and device builders.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use vfio_core::{Errno, VfioDevice};
 use vfio_pci_core::PciDevice;
 use xe_pf::pf::VfProvision;
@@ -76,28 +75,19 @@ impl SriovVfio for Recorder {
     }
 }
 
-pub fn quick() -> Timeouts {
-    Timeouts {
-        default: Duration::from_millis(1000),
-        flr: Duration::from_millis(2000),
-        restore: Duration::from_millis(2000),
-    }
-}
-
 pub fn pf(platform: Platform, n: u32, lmem: u64) -> Arc<XePf> {
     let mut cfg = PfConfig::new(platform);
-    cfg.timeouts = quick();
+    cfg.timeouts = Timeouts::short();
     cfg.vram_chunk = 1 << 20;
-    let pf = XePf::new(cfg).unwrap();
-    pf.enable_vfs(
+    XePf::with_vfs(
+        cfg,
         n,
         VfProvision {
             lmem,
             ggtt: 8 << 20,
         },
     )
-    .unwrap();
-    pf
+    .unwrap()
 }
 
 /// VF `vfid` of `pf` bound to the driver, through a recorder.

@@ -148,18 +148,12 @@ fn fill(write: &mut LmemWriter<'_>, size: u64) -> Result<(), CliError> {
 }
 
 fn bmg(lmem: u64) -> Result<std::sync::Arc<XePf>, CliError> {
-    let mut cfg = PfConfig::new(Platform::Bmg);
-    cfg.lmem_size = lmem;
-    let pf = XePf::new(cfg).ctx(|| "creating a PF".into())?;
-    pf.enable_vfs(
-        1,
-        VfProvision {
-            lmem,
-            ggtt: xe_pf::pf::DEFAULT_VF_GGTT,
-        },
-    )
-    .ctx(|| "enabling a VF".into())?;
-    Ok(pf)
+    let cfg = PfConfig::sized_for(Platform::Bmg, 1, lmem).ctx(|| "sizing a PF".into())?;
+    let prov = VfProvision {
+        lmem,
+        ggtt: xe_pf::pf::DEFAULT_VF_GGTT,
+    };
+    XePf::with_vfs(cfg, 1, prov).ctx(|| "creating a PF with one VF".into())
 }
 
 fn in_process(lmem: u64) -> Result<(u64, Duration), CliError> {

@@ -26,22 +26,15 @@ pub fn start_host(
     stop: &Arc<AtomicBool>,
     opts: &ServerOptions,
 ) -> Result<Host, CliError> {
-    let mut cfg = PfConfig::new(platform);
     let lmem = if platform.has_vram() { lmem_per_vf } else { 0 };
-    if platform.has_vram() {
-        cfg.lmem_size = lmem
-            .checked_mul(u64::from(vfs))
-            .ok_or_else(|| CliError::new("LMEM size overflows"))?;
-    }
-    let pf = XePf::new(cfg).ctx(|| format!("creating the {platform} PF"))?;
-    pf.enable_vfs(
-        vfs,
-        VfProvision {
-            lmem,
-            ggtt: xe_pf::pf::DEFAULT_VF_GGTT,
-        },
-    )
-    .ctx(|| format!("enabling {vfs} VFs with {} LMEM each", human(lmem)))?;
+    let cfg = PfConfig::sized_for(platform, vfs, lmem)
+        .ctx(|| format!("sizing the {platform} PF for {vfs} VFs"))?;
+    let prov = VfProvision {
+        lmem,
+        ggtt: xe_pf::pf::DEFAULT_VF_GGTT,
+    };
+    let pf = XePf::with_vfs(cfg, vfs, prov)
+        .ctx(|| format!("enabling {vfs} VFs with {} LMEM each", human(lmem)))?;
     std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
     let mut sockets = Vec::new();
     let mut threads = Vec::new();

@@ -29,10 +29,9 @@ impl Drop for Host {
 }
 
 pub fn host(dir: &Path, platform: Platform, vfs: u32, lmem: u64) -> Host {
-    let mut cfg = PfConfig::new(platform);
-    cfg.lmem_size = lmem * u64::from(vfs);
-    let pf = XePf::new(cfg).unwrap();
-    pf.enable_vfs(
+    let cfg = PfConfig::sized_for(platform, vfs, lmem).unwrap();
+    let pf = XePf::with_vfs(
+        cfg,
         vfs,
         VfProvision {
             lmem,

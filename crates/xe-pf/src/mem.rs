@@ -1,32 +1,103 @@
 //! Memory backings: a VF's LMEM and, on integrated parts, the VF's system memory.
 //!
-//! A backing is a memfd of a fixed size, committed lazily by the kernel: a 16 GiB LMEM that nobody
-//! touched costs no memory. Access goes through `pread`/`pwrite` on the fd (one copy, no mapping
-//! into this process), so reading a never-written range returns zeros without allocating pages,
-//! and the save path never inflates this process's RSS. The fd can be handed to a vfio-user client
-//! that wants to map BAR2. Ranges are checked here, once; callers pass guest-controlled values.
+//! A backing is a memfd of a fixed, sealed size (a client that maps BAR2 cannot shrink it under
+//! us), committed one of two ways ([`Commit`]):
+//!
+//! - **lazy** (the default): pages appear when first written, so a 16 GiB LMEM that nobody
+//!   touched costs no memory. Access goes through `pread`/`pwrite` on the fd — one kernel copy,
+//!   no mapping into this process — so reading a never-written range allocates nothing, zero
+//!   pages written in bulk become holes again, and this process's RSS never includes LMEM.
+//! - **reserved**: every page is committed when the backing is created, as provisioning
+//!   reserves real VRAM, and the memfd is mapped into this process once; access is a plain
+//!   memory copy through that mapping. The kernel's per-page file paths (about 4 GiB/s where
+//!   memcpy runs at 10) are gone from migration, and memory never has to be found during a
+//!   restore; the price is that the whole LMEM is resident, and counted in this process's RSS,
+//!   from provisioning on.
+//!
+//! The fd can be handed to a vfio-user client that wants to map BAR2. Ranges are checked here,
+//! once; callers pass guest-controlled values.
 
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use rustix::fs::{FallocateFlags, MemfdFlags};
+use memmap2::{Advice, MmapOptions, MmapRaw};
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
 use vfio_core::Errno;
 
-/// A fixed-size, lazily committed memory object.
+/// How a backing's memory is committed; see the module documentation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Commit {
+    /// Pages are committed when first written; accessed with `pread`/`pwrite`.
+    #[default]
+    Lazy,
+    /// Every page is committed at creation and mapped; accessed with memory copies.
+    Reserved,
+}
+
+impl Commit {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Commit::Lazy => "lazy",
+            Commit::Reserved => "reserved",
+        }
+    }
+}
+
+impl std::str::FromStr for Commit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Commit, String> {
+        match s {
+            "lazy" => Ok(Commit::Lazy),
+            "reserved" => Ok(Commit::Reserved),
+            _ => Err(format!("unknown LMEM commit mode {s:?} (lazy or reserved)")),
+        }
+    }
+}
+
+/// A fixed-size memory object.
 #[derive(Debug)]
 pub struct Backing {
     fd: OwnedFd,
     size: u64,
+    /// The whole backing, mapped shared, when reserved.
+    map: Option<MmapRaw>,
 }
 
 /// Page granule used for zero detection when writing.
 const PAGE: usize = 4096;
 
 impl Backing {
-    /// A new zero-filled backing of `size` bytes; `ENOMEM` if the kernel refuses.
+    /// A new zero-filled, lazily committed backing of `size` bytes; `ENOMEM` if the kernel
+    /// refuses.
     pub fn new(name: &str, size: u64) -> Result<Backing, Errno> {
-        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC)
-            .map_err(|e| Errno::new(e.raw_os_error()))?;
-        rustix::fs::ftruncate(&fd, size).map_err(|e| Errno::new(e.raw_os_error()))?;
-        Ok(Backing { fd, size })
+        Backing::with_commit(name, size, Commit::Lazy)
+    }
+
+    /// A new zero-filled backing of `size` bytes, committed as `commit` says. `ENOMEM` if the
+    /// kernel refuses the memfd, or, when reserved, the mapping or the memory itself.
+    pub fn with_commit(name: &str, size: u64, commit: Commit) -> Result<Backing, Errno> {
+        let os = |e: rustix::io::Errno| Errno::new(e.raw_os_error());
+        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .map_err(os)?;
+        rustix::fs::ftruncate(&fd, size).map_err(os)?;
+        // A client given the fd (BAR2 mmap) must not be able to change the size: a shrunk
+        // file would turn our accesses through the mapping into SIGBUS.
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+            .map_err(os)?;
+        let map = match commit {
+            Commit::Lazy => None,
+            Commit::Reserved if size == 0 => None,
+            Commit::Reserved => Some(reserve(&fd, size)?),
+        };
+        Ok(Backing { fd, size, map })
+    }
+
+    /// How this backing is committed.
+    pub fn commit(&self) -> Commit {
+        if self.map.is_some() {
+            Commit::Reserved
+        } else {
+            Commit::Lazy
+        }
     }
 
     /// Size in bytes.
@@ -50,6 +121,21 @@ impl Backing {
     /// Reads `buf.len()` bytes at `offset`; `EINVAL` if out of range.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
         self.check(offset, buf.len())?;
+        if let Some(m) = &self.map {
+            // SAFETY: `check` put [offset, offset+len) inside the mapping, which lives as long
+            // as `self` and whose file cannot shrink (sealed). The bytes are device memory: a
+            // guest may change them concurrently through its own mapping, and a copy then
+            // sees some mix of old and new bytes, as a DMA read would — the same contract
+            // VMMs use for guest memory.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    m.as_ptr().add(offset as usize),
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                );
+            }
+            return Ok(());
+        }
         let mut done = 0;
         while done < buf.len() {
             let n = rustix::io::pread(&self.fd, &mut buf[done..], offset + done as u64)
@@ -67,6 +153,17 @@ impl Backing {
     /// Writes `data` at `offset`; `EINVAL` if out of range.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
         self.check(offset, data.len())?;
+        if let Some(m) = &self.map {
+            // SAFETY: as in `read`; `data` is ours and cannot overlap a shared mapping.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    data.as_ptr(),
+                    m.as_mut_ptr().add(offset as usize),
+                    data.len(),
+                );
+            }
+            return Ok(());
+        }
         let mut done = 0;
         while done < data.len() {
             let n = rustix::io::pwrite(&self.fd, &data[done..], offset + done as u64)
@@ -79,11 +176,15 @@ impl Backing {
         Ok(())
     }
 
-    /// Writes `data` at `offset`, but turns whole zero pages into holes instead of writing them,
-    /// so restoring a mostly empty LMEM keeps the destination sparse. Same result as `write`.
-    /// Consecutive pages of the same kind go out as one `pwrite` or one hole punch.
+    /// Writes `data` at `offset`, but, when lazy, turns whole zero pages into holes instead of
+    /// writing them, so restoring a mostly empty LMEM keeps the destination sparse. Same result
+    /// as `write`. Consecutive pages of the same kind go out as one `pwrite` or one hole punch.
+    /// A reserved backing keeps its pages: this is `write`.
     pub fn write_sparse(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
         self.check(offset, data.len())?;
+        if self.map.is_some() {
+            return self.write(offset, data);
+        }
         // (start, end, zero) of the run being built.
         let mut run: Option<(usize, usize, bool)> = None;
         let mut i = 0;
@@ -121,13 +222,19 @@ impl Backing {
         }
     }
 
-    /// Zeroes `[offset, offset+len)`, releasing whole pages.
+    /// Zeroes `[offset, offset+len)`, releasing whole pages when lazy (a reserved backing
+    /// keeps them).
     pub fn zero(&self, offset: u64, len: u64) -> Result<(), Errno> {
         let end = offset.checked_add(len).ok_or(Errno::EINVAL)?;
         if end > self.size {
             return Err(Errno::EINVAL);
         }
         if len == 0 {
+            return Ok(());
+        }
+        if let Some(m) = &self.map {
+            // SAFETY: as in `read`.
+            unsafe { std::ptr::write_bytes(m.as_mut_ptr().add(offset as usize), 0, len as usize) };
             return Ok(());
         }
         rustix::fs::fallocate(
@@ -145,6 +252,29 @@ impl Backing {
     }
 }
 
+/// Maps all of `fd` shared and commits every page by prefaulting it for writing — the memory
+/// is found now, at provisioning, or the provisioning fails with `ENOMEM`.
+fn reserve(fd: &OwnedFd, size: u64) -> Result<MmapRaw, Errno> {
+    let len = usize::try_from(size).map_err(|_| Errno::ENOMEM)?;
+    let map = MmapOptions::new()
+        .len(len)
+        .map_raw(fd.as_raw_fd())
+        .map_err(|e| Errno::from_io(&e))?;
+    if let Err(e) = map.advise(Advice::PopulateWrite) {
+        if e.raw_os_error() != Some(Errno::EINVAL.raw()) {
+            tracing::warn!(size, %e, "committing a reserved backing failed");
+            return Err(Errno::ENOMEM);
+        }
+        // Kernels before 5.14 lack MADV_POPULATE_WRITE: touch every page instead.
+        for at in (0..len).step_by(PAGE) {
+            // SAFETY: `at` is inside the mapping of `len` bytes; a volatile write of the zero
+            // the page already holds commits it without changing it.
+            unsafe { std::ptr::write_volatile(map.as_mut_ptr().add(at), 0) };
+        }
+    }
+    Ok(map)
+}
+
 /// Whether every byte is zero: 16 bytes at a time, stopping at the first non-zero word, so
 /// real data costs almost nothing to classify.
 pub fn is_zero(b: &[u8]) -> bool {
@@ -160,10 +290,10 @@ pub fn is_zero(b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn write_sparse_equals_write() {
+    fn mixed_writes(commit: Commit) -> Vec<u8> {
         let a = Backing::new("a", 64 << 10).unwrap();
-        let b = Backing::new("b", 64 << 10).unwrap();
+        let b = Backing::with_commit("b", 64 << 10, commit).unwrap();
+        assert_eq!(b.commit(), commit);
         // Stale data in both, then the same mixed write (zero pages, data, partial pages).
         a.write(0, &[0xee; 64 << 10]).unwrap();
         b.write(0, &[0xee; 64 << 10]).unwrap();
@@ -173,11 +303,53 @@ mod tests {
         d[(40 << 10) - 1] = 9;
         a.write(1000, &d).unwrap();
         b.write_sparse(1000, &d).unwrap();
+        a.zero(50_000, 3000).unwrap();
+        b.zero(50_000, 3000).unwrap();
         let (mut x, mut y) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
         a.read(0, &mut x).unwrap();
         b.read(0, &mut y).unwrap();
-        assert!(x == y);
-        assert!(is_zero(&[0; 33]) && !is_zero(&[0, 0, 1]));
+        assert!(x == y, "{commit:?} differs from plain writes");
         assert_eq!(b.write_sparse(60 << 10, &[0; 8 << 10]), Err(Errno::EINVAL));
+        assert_eq!(b.write(u64::MAX, &[0]), Err(Errno::EINVAL));
+        assert_eq!(b.read(64 << 10, &mut [0]), Err(Errno::EINVAL));
+        assert_eq!(b.zero(1, u64::MAX), Err(Errno::EINVAL));
+        y
+    }
+
+    #[test]
+    fn write_sparse_equals_write() {
+        assert!(mixed_writes(Commit::Lazy) == mixed_writes(Commit::Reserved));
+        assert!(is_zero(&[0; 33]) && !is_zero(&[0, 0, 1]));
+    }
+
+    /// Whoever holds the fd (a VMM mapping BAR2) can neither shrink nor grow the backing, so
+    /// the reserved mapping can never fault past the file's end.
+    #[test]
+    fn size_is_sealed() {
+        for commit in [Commit::Lazy, Commit::Reserved] {
+            let b = Backing::with_commit("s", 1 << 20, commit).unwrap();
+            let shrink = rustix::fs::ftruncate(b.fd(), 4096);
+            assert_eq!(shrink, Err(rustix::io::Errno::PERM), "{commit:?}");
+            let grow = rustix::fs::ftruncate(b.fd(), 2 << 20);
+            assert_eq!(grow, Err(rustix::io::Errno::PERM), "{commit:?}");
+        }
+    }
+
+    /// A reserved backing's pages are all committed at creation; a lazy one has none.
+    #[test]
+    fn reserved_commits_at_creation() {
+        let blocks = |b: &Backing| rustix::fs::fstat(b.fd()).unwrap().st_blocks as u64 * 512;
+        let lazy = Backing::new("l", 8 << 20).unwrap();
+        let reserved = Backing::with_commit("r", 8 << 20, Commit::Reserved).unwrap();
+        assert_eq!(blocks(&lazy), 0);
+        assert_eq!(blocks(&reserved), 8 << 20);
+        // Zero pages written into a reserved backing stay committed; a lazy one punches them.
+        lazy.write(0, &[1; 8192]).unwrap();
+        lazy.write_sparse(0, &[0; 8192]).unwrap();
+        reserved.write_sparse(0, &[0; 8192]).unwrap();
+        assert_eq!(blocks(&lazy), 0);
+        assert_eq!(blocks(&reserved), 8 << 20);
+        assert_eq!("reserved".parse::<Commit>(), Ok(Commit::Reserved));
+        assert!("eager".parse::<Commit>().is_err());
     }
 }

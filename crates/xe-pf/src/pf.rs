@@ -4,7 +4,7 @@ pub use crate::control::Timeouts;
 use crate::control::{Control, CtlState, GtWorker, VfCtl};
 use crate::ggtt::{GgttAllocator, GgttRange};
 use crate::guc::{Faults, GucVersion};
-use crate::mem::Backing;
+use crate::mem::{Backing, Commit};
 use crate::migration::Session;
 use crate::platform::Platform;
 use crate::sync::lock;
@@ -44,6 +44,9 @@ pub struct PfConfig {
     pub vram_chunk: u64,
     /// The device runs the xe driver in SR-IOV PF mode (false: a native, non-PF device).
     pub sriov_pf: bool,
+    /// How each VF's LMEM is committed: lazily (default), or reserved at provisioning and
+    /// mapped, as real VRAM is (see [`crate::mem::Commit`]).
+    pub lmem_commit: Commit,
 }
 
 impl PfConfig {
@@ -61,6 +64,7 @@ impl PfConfig {
             timeouts: Timeouts::default(),
             vram_chunk: DEFAULT_VRAM_CHUNK,
             sriov_pf: true,
+            lmem_commit: Commit::Lazy,
         }
     }
 }
@@ -287,7 +291,8 @@ impl XePf {
         for (i, range) in ranges.iter().enumerate() {
             let vfid = i as u32 + 1;
             let lmem = if prov.lmem > 0 {
-                match Backing::new(&format!("xe-vf{vfid}-lmem"), prov.lmem) {
+                let name = format!("xe-vf{vfid}-lmem");
+                match Backing::with_commit(&name, prov.lmem, self.cfg.lmem_commit) {
                     Ok(b) => Some(b),
                     Err(e) => {
                         let mut alloc = lock(&self.ggtt);

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::sync::Arc;
-use xe_pf::mem::Backing;
+use xe_pf::mem::{Backing, Commit};
 use xe_pf::pf::VfProvision;
 use xe_pf::workload::{DirectAccess, Workload};
 use xe_pf::{PfConfig, Platform, SriovVfio, Timeouts, XePf};
@@ -10,7 +10,13 @@ use xe_pf::{PfConfig, Platform, SriovVfio, Timeouts, XePf};
 /// A PF of `platform` with `n` VFs of `lmem` bytes each (0 on integrated parts), short
 /// timeouts and 1 MiB VRAM chunks.
 pub fn pf_with(platform: Platform, n: u32, lmem: u64) -> Arc<XePf> {
+    pf_committed(platform, n, lmem, Commit::Lazy)
+}
+
+/// `pf_with`, with the LMEM committed as `commit` says.
+pub fn pf_committed(platform: Platform, n: u32, lmem: u64, commit: Commit) -> Arc<XePf> {
     let mut cfg = PfConfig::new(platform);
+    cfg.lmem_commit = commit;
     cfg.timeouts = Timeouts::short();
     cfg.vram_chunk = 1 << 20;
     XePf::with_vfs(

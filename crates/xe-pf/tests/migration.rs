@@ -8,7 +8,7 @@ use std::time::Duration;
 use vfio_core::Errno;
 use xe_pf::control::CtlState;
 use xe_pf::ggtt::pte_with_vfid;
-use xe_pf::mem::Backing;
+use xe_pf::mem::{Backing, Commit};
 use xe_pf::migration::inspect::inspect;
 use xe_pf::migration::wire::{
     klvs, Descriptor, Header, HeaderRepr, PacketType, WireError, HEADER_LEN,
@@ -232,9 +232,13 @@ fn assert_equivalent(src: &xe_pf::vf::VfHw, dst: &xe_pf::vf::VfHw) {
 }
 
 fn equivalence(platform: Platform) {
+    equivalence_committed(platform, Commit::Lazy, Commit::Lazy);
+}
+
+fn equivalence_committed(platform: Platform, src_commit: Commit, dst_commit: Commit) {
     let lmem = if platform.has_vram() { 8 << 20 } else { 0 };
-    let a = pf_with(platform, 1, lmem);
-    let b = pf_with(platform, 3, lmem);
+    let a = pf_committed(platform, 1, lmem, src_commit);
+    let b = pf_committed(platform, 3, lmem, dst_commit);
     let mut w = workload(&a, 1, 77);
     let src = a.vf(1).unwrap().hw.clone();
     src.write_reg(vf::vf_sw_flag(1), 0xaaaa_5555);
@@ -289,6 +293,15 @@ fn equivalence(platform: Platform) {
 #[test]
 fn bmg_save_restore_is_equivalent_and_jobs_complete() {
     equivalence(Platform::Bmg);
+}
+
+/// Reserved LMEM (committed, mapped) migrates to and from lazy LMEM with the same result: the
+/// commit mode is a host choice, invisible in the stream.
+#[test]
+fn reserved_and_lazy_lmem_migrate_both_ways() {
+    equivalence_committed(Platform::Bmg, Commit::Reserved, Commit::Reserved);
+    equivalence_committed(Platform::Bmg, Commit::Reserved, Commit::Lazy);
+    equivalence_committed(Platform::Bmg, Commit::Lazy, Commit::Reserved);
 }
 
 #[test]
@@ -692,21 +705,49 @@ proptest! {
 /// Saving and restoring a 4 GiB-LMEM VF adds < 64 MiB of peak RSS (own process).
 #[test]
 fn four_gib_save_restore_keeps_memory_bounded() {
-    if let Some(out) = in_child("four_gib_save_restore_keeps_memory_bounded") {
+    save_restore_keeps_memory_bounded(
+        "four_gib_save_restore_keeps_memory_bounded",
+        4 << 30,
+        Commit::Lazy,
+    );
+}
+
+/// The same with reserved LMEM: the LMEM is resident from provisioning on (so it is in the idle
+/// RSS), and migrating it through the mapping adds < 64 MiB on top.
+#[test]
+fn reserved_save_restore_keeps_memory_bounded() {
+    save_restore_keeps_memory_bounded(
+        "reserved_save_restore_keeps_memory_bounded",
+        1 << 30,
+        Commit::Reserved,
+    );
+}
+
+fn save_restore_keeps_memory_bounded(name: &str, lmem: u64, commit: Commit) {
+    if let Some(out) = in_child(name) {
         let grew = child_value(&out, "PEAK_GROWTH");
+        let idle = child_value(&out, "IDLE_RSS");
         let bytes = child_value(&out, "STREAM_BYTES");
         eprintln!(
-            "4 GiB LMEM save+restore: {bytes} stream bytes, peak RSS +{} KiB",
+            "{} LMEM ({commit:?}) save+restore: {bytes} stream bytes, idle RSS {} MiB, peak +{} KiB",
+            lmem >> 20,
+            idle >> 20,
             grew / 1024
         );
-        assert!(bytes > 4 << 30);
+        assert!(bytes > lmem);
+        if commit == Commit::Reserved {
+            assert!(
+                idle > 2 * lmem,
+                "reserved LMEM is resident: idle RSS {idle}"
+            );
+        }
         assert!(grew < 64 << 20, "peak RSS grew by {grew} bytes");
         return;
     }
-    let lmem = 4u64 << 30;
     let mk = || {
         let mut cfg = xe_pf::PfConfig::new(Platform::Bmg);
         cfg.lmem_size = lmem;
+        cfg.lmem_commit = commit;
         let pf = XePf::new(cfg).unwrap();
         pf.enable_vfs(
             1,
@@ -719,15 +760,16 @@ fn four_gib_save_restore_keeps_memory_bounded() {
         pf
     };
     let (a, b) = (mk(), mk());
-    // Real data in part of the LMEM: 64 MiB of pattern at several places.
+    // Real data in part of the LMEM: 16 MiB of pattern in each quarter.
     let src = a.vf(1).unwrap().hw.clone();
     let chunk: Vec<u8> = (0..(16u32 << 20))
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
+    let quarter = lmem / 4;
     for k in 0..4u64 {
         src.lmem()
             .unwrap()
-            .write(k * (1 << 30) + 12345, &chunk)
+            .write(k * quarter + 12345, &chunk)
             .unwrap();
     }
     drop(chunk);
@@ -756,14 +798,15 @@ fn four_gib_save_restore_keeps_memory_bounded() {
     let mut y = vec![0u8; 4096];
     for at in [
         12345u64,
-        (1 << 30) + 12345 + (8 << 20),
-        (3 << 30) + 12345 + (16 << 20) - 4096,
-        2 << 30,
+        quarter + 12345 + (8 << 20),
+        3 * quarter + 12345 + (16 << 20) - 4096,
+        lmem / 2,
     ] {
         src.lmem().unwrap().read(at, &mut x).unwrap();
         dst.lmem().unwrap().read(at, &mut y).unwrap();
         assert_eq!(x, y, "at {at:#x}");
     }
     println!("STREAM_BYTES={total}");
+    println!("IDLE_RSS={idle}");
     println!("PEAK_GROWTH={}", peak.saturating_sub(idle));
 }

@@ -21,6 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use vfio_core::device::region;
 use vfio_user::Client;
+use xe_pf::mem::Commit;
 use xe_pf::pf::VfProvision;
 use xe_pf::{PfConfig, Platform, SriovVfio, XePf};
 
@@ -34,6 +35,9 @@ pub struct Row {
     pub stream_bytes: u64,
     pub inproc_gib_s: f64,
     pub inproc_ratio_memcpy: f64,
+    /// The same with lazily committed LMEM (pread/pwrite, destination pages found on the way).
+    pub inproc_lazy_gib_s: f64,
+    pub inproc_lazy_ratio_memcpy: f64,
     pub vfio_user_gib_s: f64,
     pub vfio_user_ratio_socket: f64,
     pub downtime_ms: f64,
@@ -147,8 +151,9 @@ fn fill(write: &mut LmemWriter<'_>, size: u64) -> Result<(), CliError> {
     Ok(())
 }
 
-fn bmg(lmem: u64) -> Result<std::sync::Arc<XePf>, CliError> {
-    let cfg = PfConfig::sized_for(Platform::Bmg, 1, lmem).ctx(|| "sizing a PF".into())?;
+fn bmg(lmem: u64, commit: Commit) -> Result<std::sync::Arc<XePf>, CliError> {
+    let mut cfg = PfConfig::sized_for(Platform::Bmg, 1, lmem).ctx(|| "sizing a PF".into())?;
+    cfg.lmem_commit = commit;
     let prov = VfProvision {
         lmem,
         ggtt: xe_pf::pf::DEFAULT_VF_GGTT,
@@ -156,8 +161,8 @@ fn bmg(lmem: u64) -> Result<std::sync::Arc<XePf>, CliError> {
     XePf::with_vfs(cfg, 1, prov).ctx(|| "creating a PF with one VF".into())
 }
 
-fn in_process(lmem: u64) -> Result<(u64, Duration), CliError> {
-    let (a, b) = (bmg(lmem)?, bmg(lmem)?);
+fn in_process(lmem: u64, commit: Commit) -> Result<(u64, Duration), CliError> {
+    let (a, b) = (bmg(lmem, commit)?, bmg(lmem, commit)?);
     let src = a.vf(1).ctx(|| "VF".into())?;
     fill(
         &mut |at, d| {
@@ -241,6 +246,7 @@ fn spawn_serve(dir: &Path, lmem: u64) -> Result<ServeChild, CliError> {
     let mut c = Command::new(std::env::current_exe().ctx(|| "finding myself".into())?)
         .args(["serve", "--platform", "bmg", "--vfs", "1", "--lmem-per-vf"])
         .arg(lmem.to_string())
+        .args(["--lmem-commit", "reserved"])
         .arg("--socket-dir")
         .arg(dir)
         .stdout(Stdio::piped())
@@ -350,8 +356,14 @@ pub fn bench(sizes: &str, json: bool) -> Result<(), CliError> {
         ));
         let first_touch = first_touch_baseline(lmem)?;
         say(format!("{}: in-process save+restore ...", human(lmem)));
-        let (bytes, d) = in_process(lmem)?;
+        let (bytes, d) = in_process(lmem, Commit::Reserved)?;
         let inproc = gib_s(bytes, d);
+        say(format!(
+            "{}: in-process save+restore, lazy LMEM ...",
+            human(lmem)
+        ));
+        let (lb, ld) = in_process(lmem, Commit::Lazy)?;
+        let inproc_lazy = gib_s(lb, ld);
         say(format!(
             "{}: vfio-user migration between two serve processes ...",
             human(lmem)
@@ -364,6 +376,8 @@ pub fn bench(sizes: &str, json: bool) -> Result<(), CliError> {
             stream_bytes: bytes,
             inproc_gib_s: inproc,
             inproc_ratio_memcpy: inproc / memcpy,
+            inproc_lazy_gib_s: inproc_lazy,
+            inproc_lazy_ratio_memcpy: inproc_lazy / memcpy,
             vfio_user_gib_s: vu,
             vfio_user_ratio_socket: vu / socket,
             downtime_ms: r.downtime_ms,
@@ -387,10 +401,12 @@ pub fn bench(sizes: &str, json: bool) -> Result<(), CliError> {
         memcpy, socket
     );
     println!(
-        "{:>9} | {:>11} | {:>10} {:>6} | {:>10} {:>6} | {:>9} | {:>9} {:>9}",
+        "{:>9} | {:>11} | {:>10} {:>6} | {:>10} {:>6} | {:>10} {:>6} | {:>9} | {:>9} {:>9}",
         "LMEM",
         "first-touch",
         "in-proc",
+        "×mcpy",
+        "lazy",
         "×mcpy",
         "vfio-user",
         "×sock",
@@ -400,11 +416,13 @@ pub fn bench(sizes: &str, json: bool) -> Result<(), CliError> {
     );
     for r in &res.rows {
         println!(
-            "{:>9} | {:>5.2} GiB/s | {:>6.2} GiB/s {:>5.2} | {:>6.2} GiB/s {:>5.2} | {:>6.0} ms | {:>9} {:>9}",
+            "{:>9} | {:>5.2} GiB/s | {:>6.2} GiB/s {:>5.2} | {:>6.2} GiB/s {:>5.2} | {:>6.2} GiB/s {:>5.2} | {:>6.0} ms | {:>9} {:>9}",
             human(r.lmem_bytes),
             r.first_touch_gib_s,
             r.inproc_gib_s,
             r.inproc_ratio_memcpy,
+            r.inproc_lazy_gib_s,
+            r.inproc_lazy_ratio_memcpy,
             r.vfio_user_gib_s,
             r.vfio_user_ratio_socket,
             r.downtime_ms,

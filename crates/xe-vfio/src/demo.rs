@@ -8,12 +8,13 @@
 
 use crate::ops;
 use crate::remote::RemoteGuest;
-use crate::serve::start_host;
+use crate::serve::{start_host, HostSpec};
 use crate::util::{human, CliError, Context};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vfio_user::{Client, ServerOptions};
+use xe_pf::mem::Commit;
 use xe_pf::vf;
 use xe_pf::workload::{GuestAccess, Workload};
 use xe_pf::Platform;
@@ -35,22 +36,14 @@ pub fn demo() -> Result<(), CliError> {
     let dir = tempfile::tempdir().ctx(|| "creating a temporary directory".into())?;
     let stop = Arc::new(AtomicBool::new(false));
     let opts = ServerOptions::default();
-    let a = start_host(
-        Platform::Bmg,
-        2,
-        LMEM,
-        &dir.path().join("host-a"),
-        &stop,
-        &opts,
-    )?;
-    let b = start_host(
-        Platform::Bmg,
-        3,
-        LMEM,
-        &dir.path().join("host-b"),
-        &stop,
-        &opts,
-    )?;
+    let spec = |vfs| HostSpec {
+        platform: Platform::Bmg,
+        vfs,
+        lmem_per_vf: LMEM,
+        lmem_commit: Commit::Lazy,
+    };
+    let a = start_host(&spec(2), &dir.path().join("host-a"), &stop, &opts)?;
+    let b = start_host(&spec(3), &dir.path().join("host-b"), &stop, &opts)?;
     println!(
         "xe-vfio demo — live migration of an Intel Xe SR-IOV VF ({} {:#06x}, emulated)",
         Platform::Bmg.long_name(),

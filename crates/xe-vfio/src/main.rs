@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use util::{human, parse_size, CliError, Context};
 use vfio_user::Client;
+use xe_pf::mem::Commit;
 use xe_pf::migration::inspect::inspect;
 use xe_pf::Platform;
 
@@ -47,6 +48,11 @@ enum Cmd {
         /// LMEM quota of each VF (discrete parts), e.g. 512M, 4G.
         #[arg(long, value_parser = parse_size, default_value = "256M")]
         lmem_per_vf: u64,
+        /// LMEM commit: lazy (pages appear when written; costs only what is used) or reserved
+        /// (all committed and mapped at start, as VRAM is reserved at provisioning: faster
+        /// migration, the whole LMEM resident).
+        #[arg(long, default_value = "lazy")]
+        lmem_commit: Commit,
         /// Offer PRE_COPY (not implemented yet: refused with an error).
         #[arg(long)]
         pre_copy: bool,
@@ -132,6 +138,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             vfs,
             socket_dir,
             lmem_per_vf,
+            lmem_commit,
             pre_copy,
             max_xfer,
         } => {
@@ -143,7 +150,13 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 .ok()
                 .filter(|v| *v > 0 && *v <= vfio_user::msg::MAX_DATA_XFER_LIMIT)
                 .ok_or_else(|| CliError::new("--max-xfer must be between 1 byte and 16M"))?;
-            serve::serve(platform, vfs, lmem_per_vf, &socket_dir, max_xfer)
+            let spec = serve::HostSpec {
+                platform,
+                vfs,
+                lmem_per_vf,
+                lmem_commit,
+            };
+            serve::serve(&spec, &socket_dir, max_xfer)
         }
         Cmd::Migrate { from, to, json } => {
             let mut src = connect(&from)?;

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use vfio_core::VfioDevice;
 use vfio_user::{Server, ServerOptions};
+use xe_pf::mem::Commit;
 use xe_pf::pf::VfProvision;
 use xe_pf::{PfConfig, Platform, XePf};
 use xe_vfio_pci::{PciFunction, XeVfioPci};
@@ -17,24 +18,50 @@ pub struct Host {
     pub threads: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
-/// Builds a PF with `vfs` VFs of `lmem_per_vf` LMEM and serves them under `dir`.
+/// What a host emulates.
+#[derive(Clone, Copy, Debug)]
+pub struct HostSpec {
+    pub platform: Platform,
+    pub vfs: u32,
+    /// LMEM quota of each VF (ignored on integrated parts).
+    pub lmem_per_vf: u64,
+    pub lmem_commit: Commit,
+}
+
+/// Builds a PF as `spec` says and serves its VFs under `dir`.
 pub fn start_host(
-    platform: Platform,
-    vfs: u32,
-    lmem_per_vf: u64,
+    spec: &HostSpec,
     dir: &Path,
     stop: &Arc<AtomicBool>,
     opts: &ServerOptions,
 ) -> Result<Host, CliError> {
+    let &HostSpec {
+        platform,
+        vfs,
+        lmem_per_vf,
+        lmem_commit,
+    } = spec;
     let lmem = if platform.has_vram() { lmem_per_vf } else { 0 };
-    let cfg = PfConfig::sized_for(platform, vfs, lmem)
+    let mut cfg = PfConfig::sized_for(platform, vfs, lmem)
         .ctx(|| format!("sizing the {platform} PF for {vfs} VFs"))?;
+    cfg.lmem_commit = lmem_commit;
     let prov = VfProvision {
         lmem,
         ggtt: xe_pf::pf::DEFAULT_VF_GGTT,
     };
-    let pf = XePf::with_vfs(cfg, vfs, prov)
-        .ctx(|| format!("enabling {vfs} VFs with {} LMEM each", human(lmem)))?;
+    let pf = XePf::with_vfs(cfg, vfs, prov).map_err(|e| {
+        let err = CliError::new(format!(
+            "enabling {vfs} VFs with {} LMEM each ({})",
+            human(lmem),
+            lmem_commit.name()
+        ))
+        .cause(e);
+        if e == vfio_core::Errno::ENOMEM && lmem_commit == Commit::Reserved {
+            err.hint("reserved LMEM is committed up front: use less --lmem-per-vf or fewer VFs, or --lmem-commit lazy")
+        } else {
+            err
+        }
+    })?;
     std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
     let mut sockets = Vec::new();
     let mut threads = Vec::new();
@@ -55,13 +82,13 @@ pub fn start_host(
 }
 
 /// `serve`: runs until SIGTERM or SIGINT, then removes the sockets.
-pub fn serve(
-    platform: Platform,
-    vfs: u32,
-    lmem_per_vf: u64,
-    dir: &Path,
-    max_xfer: u32,
-) -> Result<(), CliError> {
+pub fn serve(spec: &HostSpec, dir: &Path, max_xfer: u32) -> Result<(), CliError> {
+    let HostSpec {
+        platform,
+        vfs,
+        lmem_per_vf,
+        lmem_commit,
+    } = *spec;
     if vfs == 0 || vfs > 63 {
         return Err(CliError::new(format!(
             "--vfs {vfs}: must be between 1 and 63"
@@ -76,7 +103,7 @@ pub fn serve(
         max_data_xfer: max_xfer,
         ..Default::default()
     };
-    let host = start_host(platform, vfs, lmem_per_vf, dir, &stop, &opts)?;
+    let host = start_host(spec, dir, &stop, &opts)?;
     let pf = &host.pf;
     println!(
         "xe-vfio: {} ({:#06x} rev {:#04x}) PF, {} VFs{}, migration {}",
@@ -85,7 +112,11 @@ pub fn serve(
         pf.revision(),
         vfs,
         if platform.has_vram() {
-            format!(", {} LMEM each", human(lmem_per_vf))
+            format!(
+                ", {} LMEM each ({})",
+                human(lmem_per_vf),
+                lmem_commit.name()
+            )
         } else {
             String::new()
         },

@@ -20,9 +20,19 @@ fn migrate_between_two_serve_processes() {
         &dir.path().join("a"),
         &["--platform", "bmg", "--vfs", "2", "--lmem-per-vf", "64M"],
     );
+    // The destination reserves its LMEM up front (mapped), the source's is lazy.
     let b = Serve::start(
         &dir.path().join("b"),
-        &["--platform", "bmg", "--vfs", "2", "--lmem-per-vf", "64M"],
+        &[
+            "--platform",
+            "bmg",
+            "--vfs",
+            "2",
+            "--lmem-per-vf",
+            "64M",
+            "--lmem-commit",
+            "reserved",
+        ],
     );
     // Sockets are 0600.
     use std::os::unix::fs::PermissionsExt;
@@ -227,6 +237,20 @@ fn errors_read_like_a_tools() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown platform"));
+    let out = xe_vfio(&[
+        "serve",
+        "--platform",
+        "bmg",
+        "--vfs",
+        "1",
+        "--socket-dir",
+        "/tmp",
+        "--lmem-commit",
+        "eager",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown LMEM commit mode"), "{err}");
 }
 
 #[test]
@@ -246,4 +270,5 @@ fn bench_runs_and_reports_json() {
     assert!(row["vfio_user_gib_s"].as_f64().unwrap() > 0.0);
     assert!(row["src_peak_rss_growth"].as_u64().unwrap() < 64 << 20);
     assert!(row["dst_peak_rss_growth"].as_u64().unwrap() < 64 << 20);
+    assert!(row["inproc_lazy_gib_s"].as_f64().unwrap() > 0.0);
 }

@@ -125,10 +125,8 @@ impl Client {
     /// Sends any message and returns the reply (for tools and tests): no checks on the reply
     /// beyond framing.
     pub fn raw(&mut self, command: u16, flags: u32, payload: &[u8]) -> Result<ReplyMsg> {
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
         let h = Header {
-            msg_id: id,
+            msg_id: self.take_id(),
             command,
             size: (HEADER_LEN + payload.len()) as u32,
             flags,
@@ -346,25 +344,44 @@ impl Client {
     /// A result shorter than asked means the end of the stream.
     pub fn mig_data_read(&mut self, buf: &mut [u8]) -> Result<usize> {
         let want = buf.len().min(self.max_xfer as usize);
+        self.send_mig_read(want)?;
+        let n = self.recv_mig_read_header(want)?;
+        // Read the data straight into the caller's buffer (no intermediate copy).
+        let mut fds = Vec::new();
+        if n > 0 && sock::recv_exact(&self.sock, &mut buf[..n], &mut fds)? == 0 {
+            return Err(proto("truncated MIG_DATA_READ reply"));
+        }
+        Ok(n)
+    }
+
+    /// Sends a MIG_DATA_READ request for `want` bytes.
+    pub(crate) fn send_mig_read(&mut self, want: usize) -> Result<()> {
         let p = Payload::new().u32(8 + want as u32).u32(want as u32);
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
         let h = Header {
-            msg_id: id,
+            msg_id: self.take_id(),
             command: cmd::MIG_DATA_READ,
             size: (HEADER_LEN + 8) as u32,
             flags: msg::TYPE_COMMAND,
             error: 0,
         };
         sock::send_all(&self.sock, &[&h.encode(), &p.0], &[])?;
-        // Read the reply straight into the caller's buffer (no intermediate copy).
+        Ok(())
+    }
+
+    /// Receives a MIG_DATA_READ reply up to its data: the number of data bytes that follow
+    /// on the socket (≤ `want`).
+    pub(crate) fn recv_mig_read_header(&mut self, want: usize) -> Result<usize> {
         let mut hb = [0u8; HEADER_LEN];
         let mut fds = Vec::new();
         if sock::recv_exact(&self.sock, &mut hb, &mut fds)? == 0 {
             return Err(proto("server closed the connection"));
         }
         let rh = Header::decode(&hb);
+        if rh.command != cmd::MIG_DATA_READ || rh.kind() != msg::TYPE_REPLY {
+            return Err(proto("reply does not match MIG_DATA_READ"));
+        }
         if let Some(errno) = rh.errno() {
+            // An error reply is the header alone.
             return Err(ClientError::Remote {
                 command: "MIG_DATA_READ",
                 errno,
@@ -380,33 +397,55 @@ impl Client {
         if n != len - HEADER_LEN - 8 {
             return Err(proto("MIG_DATA_READ size disagrees with the message"));
         }
-        if n > 0 && sock::recv_exact(&self.sock, &mut buf[..n], &mut fds)? == 0 {
-            return Err(proto("truncated MIG_DATA_READ reply"));
-        }
         Ok(n)
+    }
+
+    /// Sends a MIG_DATA_WRITE request's header for `n` bytes of data; the data must follow.
+    pub(crate) fn send_mig_write_header(&mut self, n: usize) -> Result<()> {
+        let h = Header {
+            msg_id: self.take_id(),
+            command: cmd::MIG_DATA_WRITE,
+            size: (HEADER_LEN + 8 + n) as u32,
+            flags: msg::TYPE_COMMAND,
+            error: 0,
+        };
+        let fixed = Payload::new().u32(8).u32(n as u32);
+        sock::send_all(&self.sock, &[&h.encode(), &fixed.0], &[])?;
+        Ok(())
+    }
+
+    /// Receives a MIG_DATA_WRITE reply; its errno as an error.
+    pub(crate) fn recv_mig_write_reply(&mut self) -> Result<()> {
+        let r = self.recv()?;
+        if r.header.command != cmd::MIG_DATA_WRITE || r.header.kind() != msg::TYPE_REPLY {
+            return Err(proto("reply does not match MIG_DATA_WRITE"));
+        }
+        if let Some(errno) = r.header.errno() {
+            return Err(ClientError::Remote {
+                command: "MIG_DATA_WRITE",
+                errno,
+            });
+        }
+        Ok(())
+    }
+
+    /// The socket, for the relay.
+    pub(crate) fn socket(&self) -> &UnixStream {
+        &self.sock
+    }
+
+    fn take_id(&mut self) -> u16 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        id
     }
 
     /// MIG_DATA_WRITE of all of `data`, split into `max_xfer` pieces.
     pub fn mig_data_write(&mut self, data: &[u8]) -> Result<()> {
         for chunk in data.chunks(self.max_xfer as usize) {
-            let id = self.next_id;
-            self.next_id = self.next_id.wrapping_add(1);
-            let h = Header {
-                msg_id: id,
-                command: cmd::MIG_DATA_WRITE,
-                size: (HEADER_LEN + 8 + chunk.len()) as u32,
-                flags: msg::TYPE_COMMAND,
-                error: 0,
-            };
-            let fixed = Payload::new().u32(8).u32(chunk.len() as u32);
-            sock::send_all(&self.sock, &[&h.encode(), &fixed.0, chunk], &[])?;
-            let r = self.recv()?;
-            if let Some(errno) = r.header.errno() {
-                return Err(ClientError::Remote {
-                    command: "MIG_DATA_WRITE",
-                    errno,
-                });
-            }
+            self.send_mig_write_header(chunk.len())?;
+            sock::send_all(&self.sock, &[chunk], &[])?;
+            self.recv_mig_write_reply()?;
         }
         Ok(())
     }

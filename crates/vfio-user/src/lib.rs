@@ -14,9 +14,11 @@
 
 pub mod client;
 pub mod msg;
+pub mod relay;
 pub mod server;
 mod sock;
 
 pub use client::{Client, ClientError};
+pub use relay::{Relay, RelayError};
 pub use server::{Server, ServerOptions};
 pub use sock::tune as tune_socket;

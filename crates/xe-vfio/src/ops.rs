@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::io::{Read, Write};
 use std::time::Instant;
 use vfio_core::{DeviceState, MigrationFlags};
-use vfio_user::Client;
+use vfio_user::{Client, Relay, RelayError};
 
 /// What a migration did.
 #[derive(Debug, Clone, Serialize)]
@@ -111,59 +111,21 @@ fn copy_stream(
     set(src, DeviceState::RunningP2p, "source")?;
     set(src, DeviceState::Stop, "source")?;
     set(src, DeviceState::StopCopy, "source")?;
-    let chunk = src.max_xfer().min(dst.max_xfer()) as usize;
     let t = Instant::now();
-    // Reading from the source and writing to the destination overlap: a reader thread fills
-    // buffers from a small pool while this thread writes the previous ones, as two hosts would.
-    let reading: &mut Client = &mut *src;
-    let total = std::thread::scope(|scope| -> Result<u64, CliError> {
-        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(PIPELINE);
-        let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPELINE);
-        for _ in 0..PIPELINE {
-            let _ = free_tx.send(vec![0u8; chunk]);
-        }
-        let reader = scope.spawn(move || -> Result<(), CliError> {
-            let mut at = 0u64;
-            while let Ok(mut buf) = free_rx.recv() {
-                let n = reading
-                    .mig_data_read(&mut buf)
-                    .ctx(|| format!("source: reading migration data at byte {at}"))?;
-                at += n as u64;
-                let end = n < buf.len();
-                if full_tx.send((buf, n)).is_err() || end {
-                    return Ok(());
-                }
+    // The data goes from the source's socket to the destination's without entering this
+    // process (spliced), and the source prepares each chunk while the destination applies the
+    // previous one.
+    let total = Relay::new()
+        .run(src, dst, &mut |done| progress(done, estimate))
+        .map_err(|e| match e {
+            RelayError::Source { at, err } => {
+                CliError::new(format!("source: reading migration data at byte {at}")).cause(err)
             }
-            Ok(())
-        });
-        let mut total = 0u64;
-        let mut failed = None;
-        while let Ok((buf, n)) = full_rx.recv() {
-            if n > 0 {
-                if let Err(e) = dst
-                    .mig_data_write(&buf[..n])
-                    .ctx(|| format!("destination: writing migration data at byte {total}"))
-                {
-                    failed = Some(e);
-                    break;
-                }
+            RelayError::Destination { at, err } => {
+                CliError::new(format!("destination: writing migration data at byte {at}"))
+                    .cause(err)
             }
-            total += n as u64;
-            progress(total, estimate);
-            // The reader may be done already: keep draining what it queued.
-            let _ = free_tx.send(buf);
-        }
-        // Dropping our ends stops the reader if we bailed out early.
-        drop(free_tx);
-        drop(full_rx);
-        let read = reader
-            .join()
-            .map_err(|_| CliError::new("the source reader thread panicked"))?;
-        match (failed, read) {
-            (Some(e), _) | (None, Err(e)) => Err(e),
-            (None, Ok(())) => Ok(total),
-        }
-    })?;
+        })?;
     let transfer = t.elapsed().as_secs_f64();
     set(src, DeviceState::Stop, "source")?;
     set(
@@ -174,9 +136,6 @@ fn copy_stream(
     set(dst, DeviceState::Running, "destination")?;
     Ok((total, transfer))
 }
-
-/// Buffers in flight between the source reader and the destination writer.
-const PIPELINE: usize = 4;
 
 /// Saves the device's state into `out`; the device runs again afterwards unless `leave_stopped`.
 pub fn save(

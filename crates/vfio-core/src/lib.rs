@@ -25,5 +25,7 @@ mod uapi;
 pub use crate::core::{MigrationCore, MigrationOps, ResetOutcome, StateGuard};
 pub use device::{DeviceInfo, IrqInfo, RegionInfo, VfioDevice};
 pub use errno::Errno;
-pub use stream::{DataStream, MigStream, ResumeData, ResumeStream, SaveData, SaveStream};
+pub use stream::{
+    DataSink, DataSource, DataStream, MigStream, ResumeData, ResumeStream, SaveData, SaveStream,
+};
 pub use uapi::{next_state, path, DeviceState, MigrationFlags};

@@ -5,15 +5,62 @@
 //! `disabled` flag: once the session ends (the device leaves STOP_COPY/RESUMING, is closed or
 //! reset), every later access fails with `ENODEV` and the driver's data source is dropped.
 //! Positioned access is refused with `ESPIPE`, like a read at an offset on the kernel's fd.
+//!
+//! Besides `read`/`write` through a caller's buffer, a driver may move bytes straight between
+//! its device memory and a transport: [`SaveData::read_to`] hands slices to a [`DataSink`],
+//! [`ResumeData::write_from`] fills its memory from a [`DataSource`]. A vfio-user server uses
+//! them to send and receive migration data without a copy through its own buffers; drivers
+//! that do not implement them keep the buffered path.
 
 use crate::sync::{lock, Arc, Mutex};
 use crate::Errno;
+use std::os::fd::BorrowedFd;
+
+/// Takes save-stream bytes as a driver produces them (a transport, usually a socket).
+pub trait DataSink {
+    /// Called once, before any `put`: exactly `n` bytes follow.
+    fn begin(&mut self, n: usize) -> Result<(), Errno>;
+    /// Takes the next bytes. A transport failure is returned as `EPIPE`; the sink keeps the
+    /// details for its owner.
+    fn put(&mut self, bytes: &[u8]) -> Result<(), Errno>;
+    /// Takes `len` bytes of the file `fd` at `offset` (device memory the driver keeps in a
+    /// file), for a transport that can pass file pages on without copying them. `Ok(false)`
+    /// (the default): not supported, nothing was taken; use `put`. The pages may be read
+    /// after this returns, so the driver must not change them while its stream is open —
+    /// true of a stopped device's memory.
+    fn put_file(&mut self, fd: BorrowedFd<'_>, offset: u64, len: usize) -> Result<bool, Errno> {
+        let _ = (fd, offset, len);
+        Ok(false)
+    }
+    /// Room for the next `len` bytes in the sink itself, for a driver that must copy anyway
+    /// (the bytes then count as put). `None` (the default): use `put`.
+    fn space(&mut self, len: usize) -> Option<&mut [u8]> {
+        let _ = len;
+        None
+    }
+}
+
+/// Supplies resume-stream bytes from a transport.
+pub trait DataSource {
+    /// Fills all of `buf` with the next bytes. A transport failure is returned as `EPIPE`;
+    /// the source keeps the details for its owner.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), Errno>;
+}
 
 /// The driver side of a save stream.
 pub trait SaveData: Send {
     /// Fills `buf` with the next bytes of the stream; `Ok(0)` means the end. May block while the
     /// producer is behind.
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, Errno>;
+
+    /// Like `read` of `max` bytes, but the bytes go to `sink` without a caller's buffer:
+    /// `sink.begin(n)` once (`n < max` means the end), then `put`s of exactly `n` bytes in all.
+    /// An error before `begin` is a plain read error; an error after it leaves the transport
+    /// mid-message. `None`: not supported, use `read`.
+    fn read_to(&mut self, max: usize, sink: &mut dyn DataSink) -> Option<Result<usize, Errno>> {
+        let _ = (max, sink);
+        None
+    }
 
     /// `(initial_bytes, dirty_bytes)` while in PRE_COPY (`VFIO_MIG_GET_PRECOPY_INFO`).
     /// Devices without PRE_COPY keep the default (`ENOTTY`, like the kernel's ioctl).
@@ -26,6 +73,14 @@ pub trait SaveData: Send {
 pub trait ResumeData: Send {
     /// Consumes bytes of the stream; returns how many were accepted (all of them, or an error).
     fn write(&mut self, buf: &[u8]) -> Result<usize, Errno>;
+
+    /// Like `write` of the next `n` bytes of `source`, without a caller's buffer. On error,
+    /// some of the `n` bytes may remain unread in the source. `None`: not supported (nothing
+    /// was read), use `write`.
+    fn write_from(&mut self, n: usize, source: &mut dyn DataSource) -> Option<Result<(), Errno>> {
+        let _ = (n, source);
+        None
+    }
 }
 
 /// What a variant's arc returns when it opens a session.
@@ -101,6 +156,14 @@ impl SaveStream {
     }
 
     /// A positioned read: always `ESPIPE` (the stream has no offsets).
+    /// [`SaveData::read_to`] under the stream's lock; `Some(Err(ENODEV))` once disabled.
+    pub fn read_to(&self, max: usize, sink: &mut dyn DataSink) -> Option<Result<usize, Errno>> {
+        match self.0.with(|d| Ok(d.read_to(max, sink))) {
+            Ok(r) => r,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     pub fn read_at(&self, _offset: u64, _buf: &mut [u8]) -> Result<usize, Errno> {
         Err(Errno::ESPIPE)
     }
@@ -144,6 +207,14 @@ impl ResumeStream {
     }
 
     /// A positioned write: always `ESPIPE`.
+    /// [`ResumeData::write_from`] under the stream's lock; `Some(Err(ENODEV))` once disabled.
+    pub fn write_from(&self, n: usize, source: &mut dyn DataSource) -> Option<Result<(), Errno>> {
+        match self.0.with(|d| Ok(d.write_from(n, source))) {
+            Ok(r) => r,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     pub fn write_at(&self, _offset: u64, _buf: &[u8]) -> Result<usize, Errno> {
         Err(Errno::ESPIPE)
     }

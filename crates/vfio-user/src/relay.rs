@@ -18,9 +18,13 @@
 use crate::client::{Client, ClientError};
 use rustix::fd::OwnedFd;
 use rustix::pipe::{PipeFlags, SpliceFlags};
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use thiserror::Error;
+
+/// Requests of each kind kept in flight.
+const DEPTH: usize = 2;
 
 /// Pipe capacity asked for: one default `max_data_xfer_size` (the unprivileged maximum).
 const PIPE_SIZE: usize = 1 << 20;
@@ -102,8 +106,9 @@ impl Relay {
     /// Moves the whole stream: MIG_DATA_READ from `src` until a short reply, each chunk
     /// written to `dst` with MIG_DATA_WRITE. Both devices must already be in STOP_COPY and
     /// RESUMING. `progress(bytes)` is called after each chunk the destination accepted.
-    /// Returns the byte count. On error both connections stay usable for the abort path
-    /// unless the failure was the connection itself.
+    /// Returns the byte count. On error, the answers to requests still in flight are taken
+    /// (best effort), so both connections stay usable for the abort path unless the failure
+    /// was the connection itself.
     pub fn run(
         &mut self,
         src: &mut Client,
@@ -112,43 +117,92 @@ impl Relay {
     ) -> Result<u64, RelayError> {
         let want = src.max_xfer().min(dst.max_xfer()) as usize;
         let mut total = 0u64;
-        let src_err = |at, err| RelayError::Source { at, err };
-        let dst_err = |at, err| RelayError::Destination { at, err };
-        src.send_mig_read(want).map_err(|e| src_err(total, e))?;
-        loop {
-            let n = src
-                .recv_mig_read_header(want)
-                .map_err(|e| src_err(total, e))?;
-            if n > 0 {
-                dst.send_mig_write_header(n)
-                    .map_err(|e| dst_err(total, e))?;
-                match self.pass(src.socket(), dst.socket(), n) {
-                    Ok(()) => {}
-                    Err(Side::Src(e)) => return Err(src_err(total, e.into())),
-                    Err(Side::Dst(e)) => return Err(dst_err(total, e.into())),
+        // Requests in flight: reads not yet answered, and the sizes of writes not yet
+        // answered. Servers answer in order, so a queued read lets the source start its next
+        // chunk at once, and a queued write lets the destination take the next chunk while
+        // this one's answer travels back.
+        let mut reads = 0usize;
+        let mut writes: VecDeque<usize> = VecDeque::new();
+        let mut end = false;
+        let r = loop {
+            let mut unsent = None;
+            while !end && reads < DEPTH {
+                if let Err(err) = src.send_mig_read(want) {
+                    unsent = Some(err);
+                    break;
                 }
+                reads += 1;
             }
-            let end = n < want;
+            if let Some(err) = unsent {
+                break Err(RelayError::Source { at: total, err });
+            }
             if !end {
-                // The source works on the next chunk while the destination applies this one.
-                src.send_mig_read(want).map_err(|e| src_err(total, e))?;
-            }
-            if n > 0 {
-                if let Err(e) = dst.recv_mig_write_reply() {
-                    if !end {
-                        // Take the answer to the read already sent, so the source's
-                        // connection stays in step for the abort.
-                        self.discard_reply(src, want);
+                let n = match src.recv_mig_read_header(want) {
+                    Ok(n) => n,
+                    Err(err) => break Err(RelayError::Source { at: total, err }),
+                };
+                reads -= 1;
+                if n > 0 {
+                    let at = total + writes.iter().sum::<usize>() as u64;
+                    if let Err(err) = dst.send_mig_write_header(n) {
+                        break Err(RelayError::Destination { at, err });
                     }
-                    return Err(dst_err(total, e));
+                    match self.pass(src.socket(), dst.socket(), n) {
+                        Ok(()) => {}
+                        Err(Side::Src(e)) => {
+                            break Err(RelayError::Source { at, err: e.into() });
+                        }
+                        Err(Side::Dst(e)) => {
+                            break Err(RelayError::Destination { at, err: e.into() });
+                        }
+                    }
+                    writes.push_back(n);
                 }
+                end = n < want;
             }
-            total += n as u64;
-            progress(total);
+            // Take write answers down to DEPTH - 1 in flight (none once the source ended).
+            let keep = if end { 0 } else { DEPTH - 1 };
+            let mut failed = None;
+            while writes.len() > keep {
+                if let Err(err) = dst.recv_mig_write_reply() {
+                    failed = Some(RelayError::Destination { at: total, err });
+                    writes.pop_front();
+                    break;
+                }
+                total += writes.pop_front().unwrap_or(0) as u64;
+                progress(total);
+            }
+            if let Some(e) = failed {
+                break Err(e);
+            }
             if end {
-                return Ok(total);
+                break Ok(total);
+            }
+        };
+        // Reads sent after the last chunk (or before a failure) are still owed an answer.
+        for _ in 0..reads {
+            match r {
+                Ok(_) => match src.recv_mig_read_header(want) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        return Err(RelayError::Source {
+                            at: total,
+                            err: ClientError::Protocol(format!(
+                                "{n} bytes of migration data after the end of the stream"
+                            )),
+                        })
+                    }
+                    Err(err) => return Err(RelayError::Source { at: total, err }),
+                },
+                Err(_) => self.discard_reply(src, want),
             }
         }
+        if r.is_err() {
+            for _ in 0..writes.len() {
+                let _ = dst.recv_mig_write_reply();
+            }
+        }
+        r
     }
 
     /// Moves exactly `n` bytes from `from` to `to`.

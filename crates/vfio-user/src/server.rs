@@ -15,7 +15,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use vfio_core::{DeviceState, Errno, MigStream, VfioDevice};
+use vfio_core::{DataSink, DataSource, DeviceState, Errno, MigStream, VfioDevice};
 
 /// Server settings.
 #[derive(Clone, Debug)]
@@ -160,6 +160,153 @@ struct Conn<'a> {
     data_len: usize,
 }
 
+/// Reads exactly `buf.len()` bytes of a message whose header already arrived.
+fn recv_or_truncated(
+    stream: &UnixStream,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<()> {
+    if sock::recv_exact(stream, buf, fds)? == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "truncated message",
+        ));
+    }
+    Ok(())
+}
+
+/// Pieces smaller than this are gathered and sent with the next large one.
+const GATHER: usize = 64 << 10;
+
+/// A MIG_DATA_READ reply written as the device produces it.
+struct SocketSink<'s> {
+    stream: &'s UnixStream,
+    h: &'s Header,
+    /// Reply header and small pieces not sent yet.
+    pending: &'s mut Vec<u8>,
+    began: bool,
+    err: Option<io::Error>,
+}
+
+impl SocketSink<'_> {
+    fn send(&mut self, parts: &[&[u8]]) -> Result<(), Errno> {
+        sock::send_all(self.stream, parts, &[]).map_err(|e| {
+            self.err = Some(e);
+            Errno::EPIPE
+        })
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            sock::send_all(self.stream, &[self.pending], &[])?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+}
+
+impl DataSink for SocketSink<'_> {
+    /// `sendfile`: the file's pages are attached to the socket's buffers by reference (Linux
+    /// ≥ 6.5 for UNIX sockets; older kernels copy inside the kernel, still one copy fewer
+    /// than reading into a buffer).
+    fn put_file(&mut self, fd: BorrowedFd<'_>, offset: u64, len: usize) -> Result<bool, Errno> {
+        if !self.pending.is_empty() {
+            let pending = std::mem::take(self.pending);
+            let r = self.send(&[&pending]);
+            *self.pending = pending;
+            self.pending.clear();
+            r?;
+        }
+        let mut off = offset;
+        let mut left = len;
+        while left > 0 {
+            match rustix::fs::sendfile(self.stream, fd, Some(&mut off), left) {
+                Ok(0) => {
+                    self.err = Some(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "sendfile: the file ended early",
+                    ));
+                    return Err(Errno::EPIPE);
+                }
+                Ok(k) => left -= k,
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => continue,
+                Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) if left == len => {
+                    return Ok(false);
+                }
+                Err(e) => {
+                    self.err = Some(e.into());
+                    return Err(Errno::EPIPE);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn begin(&mut self, n: usize) -> Result<(), Errno> {
+        self.began = true;
+        self.pending.clear();
+        self.pending
+            .extend_from_slice(&self.h.reply(8 + n).encode());
+        self.pending
+            .extend_from_slice(&Payload::new().u32(8 + n as u32).u32(n as u32).0);
+        Ok(())
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<(), Errno> {
+        if bytes.len() < GATHER {
+            self.pending.extend_from_slice(bytes);
+            return Ok(());
+        }
+        let pending = std::mem::take(self.pending);
+        let r = self.send(&[&pending, bytes]);
+        *self.pending = pending;
+        self.pending.clear();
+        r
+    }
+}
+
+/// The data of a MIG_DATA_WRITE, read from the socket as the device asks for it.
+struct SocketSource<'s> {
+    stream: &'s UnixStream,
+    /// Bytes of the message not read yet.
+    left: usize,
+    err: Option<io::Error>,
+}
+
+impl SocketSource<'_> {
+    /// Reads and drops what is left of the message.
+    fn discard(&mut self) -> io::Result<()> {
+        let mut buf = [0u8; 4096];
+        let mut fds = Vec::new();
+        while self.left > 0 {
+            let k = self.left.min(buf.len());
+            recv_or_truncated(self.stream, &mut buf[..k], &mut fds)?;
+            self.left -= k;
+        }
+        Ok(())
+    }
+}
+
+impl DataSource for SocketSource<'_> {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), Errno> {
+        if buf.len() > self.left {
+            // The device asked past this message: a driver bug, not the client's.
+            return Err(Errno::EINVAL);
+        }
+        let mut fds = Vec::new();
+        match recv_or_truncated(self.stream, buf, &mut fds) {
+            Ok(()) => {
+                self.left -= buf.len();
+                Ok(())
+            }
+            Err(e) => {
+                self.err = Some(e);
+                Err(Errno::EPIPE)
+            }
+        }
+    }
+}
+
 /// A reply's payload is left in `Conn::out` after the header; `Ok(Some(i))` asks to pass the
 /// fd of region `i` with it.
 type Reply = Result<Option<u32>, Errno>;
@@ -214,17 +361,57 @@ impl<'a> Conn<'a> {
                 }
             };
             let mut payload = std::mem::take(&mut self.inbuf);
+            // MIG_DATA_WRITE: the fixed part first, then, if the device can take the data
+            // straight from the socket, no payload buffer at all.
+            let head = if h.kind() == msg::TYPE_COMMAND
+                && h.command == msg::cmd::MIG_DATA_WRITE
+                && self.negotiated
+                && len >= 8
+            {
+                payload.resize(8, 0);
+                recv_or_truncated(&self.stream, &mut payload, &mut fds)?;
+                let size = Fields(&payload).u32(4).unwrap_or(u32::MAX) as usize;
+                if size == len - 8 && size <= self.max_xfer as usize {
+                    if let Some(r) = self.mig_write_direct(size) {
+                        self.inbuf = payload;
+                        let r = r?;
+                        if !h.no_reply() {
+                            let reply = match r {
+                                Ok(()) => h.reply(0),
+                                Err(e) => {
+                                    tracing::debug!(command = h.command, %e, "error reply");
+                                    h.error_reply(e)
+                                }
+                            };
+                            sock::send_all(&self.stream, &[&reply.encode()], &[])?;
+                        }
+                        continue;
+                    }
+                }
+                8
+            } else {
+                0
+            };
             payload.resize(len, 0);
-            if len > 0 && sock::recv_exact(&self.stream, &mut payload, &mut fds)? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "truncated message",
-                ));
+            if len > head {
+                recv_or_truncated(&self.stream, &mut payload[head..], &mut fds)?;
             }
             if h.kind() != msg::TYPE_COMMAND {
                 tracing::warn!(command = h.command, "ignoring a non-command message");
                 self.inbuf = payload;
                 continue;
+            }
+            // MIG_DATA_READ: the data straight from the device to the socket when it can.
+            if h.command == msg::cmd::MIG_DATA_READ && self.negotiated && !h.no_reply() {
+                if let Ok(Request::MigDataRead { argsz, size }) =
+                    msg::decode(&h, &payload, self.max_xfer)
+                {
+                    if let Some(r) = self.mig_read_direct(&h, argsz, size) {
+                        self.inbuf = payload;
+                        r?;
+                        continue;
+                    }
+                }
             }
             self.out.clear();
             self.out.extend_from_slice(&[0u8; HEADER_LEN]);
@@ -261,6 +448,71 @@ impl<'a> Conn<'a> {
             };
             r?;
         }
+    }
+
+    /// MIG_DATA_READ answered by the device writing into the socket (no data buffer): the
+    /// reply header with the count, then the bytes. `None` when the device cannot, or the
+    /// request is not valid now (the buffered path then answers, with its errors). A device
+    /// failure after the header went out cannot be reported in-band: the connection ends.
+    fn mig_read_direct(&mut self, h: &Header, argsz: u32, size: u32) -> Option<io::Result<()>> {
+        let dev = self.dev;
+        let core = dev.migration()?;
+        if !matches!(core.state(), DeviceState::PreCopy | DeviceState::StopCopy)
+            || (argsz as usize) < 8 + size as usize
+        {
+            return None;
+        }
+        let Some(MigStream::Save(s)) = &self.mig else {
+            return None;
+        };
+        let s = s.clone();
+        self.out.clear();
+        let mut sink = SocketSink {
+            stream: &self.stream,
+            h,
+            pending: &mut self.out,
+            began: false,
+            err: None,
+        };
+        Some(match s.read_to(size as usize, &mut sink)? {
+            Ok(_) => sink.flush(),
+            Err(e) if !sink.began => {
+                tracing::debug!(command = h.command, %e, "error reply");
+                sock::send_all(&self.stream, &[&h.error_reply(e).encode()], &[])
+            }
+            Err(e) => Err(sink.err.take().unwrap_or_else(|| {
+                io::Error::other(format!("the device failed in the middle of a reply: {e}"))
+            })),
+        })
+    }
+
+    /// MIG_DATA_WRITE of `size` bytes still on the socket, taken by the device straight from
+    /// it. `None` when the device cannot or the device is not RESUMING (nothing was read);
+    /// else the socket's fate and the device's answer. Bytes the device left unread (it
+    /// failed part-way) are read and dropped, so the next message is found.
+    fn mig_write_direct(&mut self, size: usize) -> Option<io::Result<Result<(), Errno>>> {
+        let dev = self.dev;
+        let core = dev.migration()?;
+        if core.state() != DeviceState::Resuming {
+            return None;
+        }
+        let Some(MigStream::Resume(r)) = &self.mig else {
+            return None;
+        };
+        let r = r.clone();
+        let mut src = SocketSource {
+            stream: &self.stream,
+            left: size,
+            err: None,
+        };
+        let res = r.write_from(size, &mut src)?;
+        if let Some(e) = src.err.take() {
+            return Some(Err(e));
+        }
+        if let Err(e) = src.discard() {
+            return Some(Err(e));
+        }
+        Some(Ok(res))
     }
 
     fn put(&mut self, p: Payload) {

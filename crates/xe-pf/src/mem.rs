@@ -150,6 +150,45 @@ impl Backing {
         Ok(())
     }
 
+    /// Runs `f` on `[offset, offset+len)` in place when the backing is reserved (mapped):
+    /// `Ok(None)` when it is lazy. `EINVAL` if out of range. For handing device memory to a
+    /// transport (`send`) without a copy.
+    pub fn with_slice<R>(
+        &self,
+        offset: u64,
+        len: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, Errno> {
+        self.check(offset, len)?;
+        let Some(m) = &self.map else {
+            return Ok(None);
+        };
+        // SAFETY: in range (checked) of a mapping that lives as long as `self` and cannot
+        // shrink. The slice only lives for `f`, which passes it to the kernel or copies it;
+        // concurrent writers (a guest, through its own mapping) can only make it see a mix
+        // of old and new bytes, as in `read`.
+        let s = unsafe { std::slice::from_raw_parts(m.as_ptr().add(offset as usize), len) };
+        Ok(Some(f(s)))
+    }
+
+    /// Like `with_slice`, writable: for filling device memory straight from a transport
+    /// (`recv`).
+    pub fn with_slice_mut<R>(
+        &self,
+        offset: u64,
+        len: usize,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> Result<Option<R>, Errno> {
+        self.check(offset, len)?;
+        let Some(m) = &self.map else {
+            return Ok(None);
+        };
+        // SAFETY: as in `with_slice`. Callers hold the VF's restore session, the only writer
+        // of this range while it runs.
+        let s = unsafe { std::slice::from_raw_parts_mut(m.as_mut_ptr().add(offset as usize), len) };
+        Ok(Some(f(s)))
+    }
+
     /// Writes `data` at `offset`; `EINVAL` if out of range.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
         self.check(offset, data.len())?;

@@ -7,7 +7,7 @@
 use crate::migration;
 use crate::pf::{Vf, XePf};
 use std::sync::Arc;
-use vfio_core::Errno;
+use vfio_core::{DataSink, DataSource, Errno};
 
 /// The PF's exported VF-migration calls. A trait so that a driver can be tested against a
 /// recording PF.
@@ -36,6 +36,28 @@ pub trait SriovVfio: Send + Sync {
     fn data_read(&self, vfid: u32, buf: &mut [u8]) -> Result<usize, Errno>;
     /// Writes resume-stream bytes.
     fn data_write(&self, vfid: u32, buf: &[u8]) -> Result<usize, Errno>;
+    /// Reads up to `max` save-stream bytes into a transport (see [`DataSink`]); `None` if
+    /// this PF only has the buffered `data_read`.
+    fn data_read_to(
+        &self,
+        vfid: u32,
+        max: usize,
+        sink: &mut dyn DataSink,
+    ) -> Option<Result<usize, Errno>> {
+        let _ = (vfid, max, sink);
+        None
+    }
+    /// Writes the next `n` resume-stream bytes from a transport (see [`DataSource`]); `None`
+    /// if this PF only has the buffered `data_write`.
+    fn data_write_from(
+        &self,
+        vfid: u32,
+        n: usize,
+        source: &mut dyn DataSource,
+    ) -> Option<Result<(), Errno>> {
+        let _ = (vfid, n, source);
+        None
+    }
     /// The estimated stop-copy stream size in bytes.
     fn stop_copy_size(&self, vfid: u32) -> Result<u64, Errno>;
 }
@@ -114,6 +136,30 @@ impl SriovVfio for XePf {
     fn data_write(&self, vfid: u32, buf: &[u8]) -> Result<usize, Errno> {
         let vf = self.checked_vf(vfid)?;
         migration::data_write(&vf, buf)
+    }
+
+    fn data_read_to(
+        &self,
+        vfid: u32,
+        max: usize,
+        sink: &mut dyn DataSink,
+    ) -> Option<Result<usize, Errno>> {
+        Some(
+            self.checked_vf(vfid)
+                .and_then(|vf| migration::data_read_to(&vf, max, sink)),
+        )
+    }
+
+    fn data_write_from(
+        &self,
+        vfid: u32,
+        n: usize,
+        source: &mut dyn DataSource,
+    ) -> Option<Result<(), Errno>> {
+        Some(
+            self.checked_vf(vfid)
+                .and_then(|vf| migration::data_write_from(&vf, n, source)),
+        )
     }
 
     fn stop_copy_size(&self, vfid: u32) -> Result<u64, Errno> {

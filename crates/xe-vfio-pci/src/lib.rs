@@ -22,8 +22,8 @@
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use vfio_core::{
-    DataStream, DeviceState, Errno, MigrationCore, MigrationFlags, MigrationOps, ResumeData,
-    SaveData,
+    DataSink, DataSource, DataStream, DeviceState, Errno, MigrationCore, MigrationFlags,
+    MigrationOps, ResumeData, SaveData,
 };
 use vfio_pci_core::{Bar, PciDevice, PciIdentity, PciVariant};
 use xe_pf::platform::{Platform, INTEL_VENDOR_ID};
@@ -105,11 +105,19 @@ impl SaveData for SaveFile {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, Errno> {
         self.0.data_read(self.1, buf)
     }
+
+    fn read_to(&mut self, max: usize, sink: &mut dyn DataSink) -> Option<Result<usize, Errno>> {
+        self.0.data_read_to(self.1, max, sink)
+    }
 }
 
 impl ResumeData for ResumeFile {
     fn write(&mut self, buf: &[u8]) -> Result<usize, Errno> {
         self.0.data_write(self.1, buf)
+    }
+
+    fn write_from(&mut self, n: usize, source: &mut dyn DataSource) -> Option<Result<(), Errno>> {
+        self.0.data_write_from(self.1, n, source)
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vfio_core::VfioDevice;
 use vfio_user::{Server, ServerOptions};
+use xe_pf::mem::Commit;
 use xe_pf::pf::VfProvision;
 use xe_pf::{PfConfig, Platform, XePf};
 use xe_vfio_pci::{PciFunction, XeVfioPci};
@@ -29,7 +30,13 @@ impl Drop for Host {
 }
 
 pub fn host(dir: &Path, platform: Platform, vfs: u32, lmem: u64) -> Host {
-    let cfg = PfConfig::sized_for(platform, vfs, lmem).unwrap();
+    host_committed(dir, platform, vfs, lmem, Commit::Lazy)
+}
+
+/// `host`, with the LMEM committed as `commit` says.
+pub fn host_committed(dir: &Path, platform: Platform, vfs: u32, lmem: u64, commit: Commit) -> Host {
+    let mut cfg = PfConfig::sized_for(platform, vfs, lmem).unwrap();
+    cfg.lmem_commit = commit;
     let pf = XePf::with_vfs(
         cfg,
         vfs,

@@ -26,7 +26,7 @@ use crate::sync::lock;
 use restore::{RestoreSession, Target};
 use save::{SaveParams, SaveSession};
 use std::sync::Arc;
-use vfio_core::Errno;
+use vfio_core::{DataSink, DataSource, Errno};
 use wire::{Descriptor, HEADER_LEN};
 
 /// A VF's migration session (behind the PF migration lock).
@@ -143,6 +143,23 @@ pub(crate) fn data_read(vf: &Vf, buf: &mut [u8]) -> Result<usize, Errno> {
         _ => return Err(Errno::EINVAL),
     };
     s.read(buf)
+}
+
+pub(crate) fn data_read_to(vf: &Vf, max: usize, sink: &mut dyn DataSink) -> Result<usize, Errno> {
+    let s = match &*lock(&vf.mig) {
+        Session::Save(s) => s.clone(),
+        _ => return Err(Errno::EINVAL),
+    };
+    s.read_to(max, sink)
+}
+
+pub(crate) fn data_write_from(vf: &Vf, n: usize, source: &mut dyn DataSource) -> Result<(), Errno> {
+    let s = match &*lock(&vf.mig) {
+        Session::Restore(s) => s.clone(),
+        _ => return Err(Errno::EINVAL),
+    };
+    let mut g = lock(&s);
+    g.write_from(n, source)
 }
 
 pub(crate) fn data_write(vf: &Vf, buf: &[u8]) -> Result<usize, Errno> {

@@ -10,10 +10,11 @@ use super::wire::{
     Descriptor, Header, HeaderRepr, PacketType, WireError, DESCRIPTOR_MAX, HEADER_LEN,
 };
 use crate::guc::{Fault, Faults, GucOp, BLOB_MAX};
+use crate::mem::Backing;
 use crate::platform::PRIMARY_GT;
 use crate::vf::VfHw;
 use std::sync::Arc;
-use vfio_core::Errno;
+use vfio_core::{DataSource, Errno};
 
 /// What happens to a packet's payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,101 @@ pub(crate) struct RestoreSession {
     failed: Option<Errno>,
     /// Bytes consumed so far (where a stream broke, for the log).
     bytes: u64,
+    /// For VRAM payloads from a source into lazy LMEM, and for skipped payloads.
+    scratch: Vec<u8>,
+}
+
+/// Largest piece taken from a source at once into the scratch buffer.
+const SCRATCH: usize = 1 << 20;
+
+/// Where stream bytes come from: a caller's buffer or a transport.
+enum Input<'a> {
+    Slice(&'a [u8]),
+    Source {
+        source: &'a mut dyn DataSource,
+        left: usize,
+    },
+}
+
+impl Input<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Input::Slice(b) => b.len(),
+            Input::Source { left, .. } => *left,
+        }
+    }
+
+    /// Takes exactly `dst.len()` (≤ `len()`) bytes.
+    fn read(&mut self, dst: &mut [u8]) -> Result<(), Failure> {
+        match self {
+            Input::Slice(b) => {
+                let (head, tail) = b.split_at(dst.len());
+                dst.copy_from_slice(head);
+                *b = tail;
+            }
+            Input::Source { source, left } => {
+                source.fill(dst).map_err(Failure::Apply)?;
+                *left -= dst.len();
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes `k` bytes into LMEM at `offset`: from a source straight into a reserved LMEM,
+    /// otherwise through `write_sparse` (zero pages of a lazy LMEM stay holes).
+    fn take_into_lmem(
+        &mut self,
+        lmem: &Backing,
+        offset: u64,
+        k: usize,
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), Failure> {
+        match self {
+            Input::Slice(b) => {
+                let (head, tail) = b.split_at(k);
+                lmem.write_sparse(offset, head).map_err(Failure::Apply)?;
+                *b = tail;
+            }
+            Input::Source { source, left } => {
+                let direct = lmem
+                    .with_slice_mut(offset, k, |s| source.fill(s))
+                    .map_err(Failure::Apply)?;
+                match direct {
+                    Some(r) => r.map_err(Failure::Apply)?,
+                    None => {
+                        let mut at = 0;
+                        while at < k {
+                            let m = (k - at).min(SCRATCH);
+                            scratch.resize(m.max(scratch.len()), 0);
+                            source.fill(&mut scratch[..m]).map_err(Failure::Apply)?;
+                            lmem.write_sparse(offset + at as u64, &scratch[..m])
+                                .map_err(Failure::Apply)?;
+                            at += m;
+                        }
+                    }
+                }
+                *left -= k;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops `k` bytes.
+    fn skip(&mut self, k: usize, scratch: &mut Vec<u8>) -> Result<(), Failure> {
+        match self {
+            Input::Slice(b) => *b = &b[k..],
+            Input::Source { .. } => {
+                let mut at = 0;
+                while at < k {
+                    let m = (k - at).min(SCRATCH);
+                    scratch.resize(m.max(scratch.len()), 0);
+                    self.read(&mut scratch[..m])?;
+                    at += m;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl RestoreSession {
@@ -70,16 +166,31 @@ impl RestoreSession {
             seen_trailer: false,
             failed: None,
             bytes: 0,
+            scratch: Vec::new(),
         }
     }
 
     /// Consumes `buf` entirely, or fails with the stream's errno.
     pub(crate) fn write(&mut self, buf: &[u8]) -> Result<usize, Errno> {
+        self.take(&mut Input::Slice(buf)).map(|()| buf.len())
+    }
+
+    /// Consumes the next `n` bytes of `source`, VRAM payloads going straight into a reserved
+    /// LMEM; on error, part of the `n` bytes may be left in the source.
+    pub(crate) fn write_from(
+        &mut self,
+        n: usize,
+        source: &mut dyn DataSource,
+    ) -> Result<(), Errno> {
+        self.take(&mut Input::Source { source, left: n })
+    }
+
+    fn take(&mut self, input: &mut Input<'_>) -> Result<(), Errno> {
         if let Some(e) = self.failed {
             return Err(e);
         }
-        match self.consume(buf) {
-            Ok(()) => Ok(buf.len()),
+        match self.consume(input) {
+            Ok(()) => Ok(()),
             Err(err) => {
                 let e = match &err {
                     Failure::Wire(w) => w.errno(),
@@ -110,17 +221,16 @@ impl RestoreSession {
         Ok(())
     }
 
-    fn consume(&mut self, mut buf: &[u8]) -> Result<(), Failure> {
-        while !buf.is_empty() {
+    fn consume(&mut self, input: &mut Input<'_>) -> Result<(), Failure> {
+        while input.len() > 0 {
             if self.seen_trailer {
                 return Err(WireError::AfterTrailer.into());
             }
             let Some(pkt) = self.cur.as_mut() else {
-                let k = (HEADER_LEN - self.hdr_len).min(buf.len());
-                self.hdr[self.hdr_len..self.hdr_len + k].copy_from_slice(&buf[..k]);
+                let k = (HEADER_LEN - self.hdr_len).min(input.len());
+                input.read(&mut self.hdr[self.hdr_len..self.hdr_len + k])?;
                 self.hdr_len += k;
                 self.bytes += k as u64;
-                buf = &buf[k..];
                 if self.hdr_len == HEADER_LEN {
                     self.hdr_len = 0;
                     let repr = self.validate_header()?;
@@ -147,20 +257,21 @@ impl RestoreSession {
                 }
                 continue;
             };
-            let k = ((pkt.repr.size - pkt.got).min(buf.len() as u64)) as usize;
-            let data = &buf[..k];
+            let k = ((pkt.repr.size - pkt.got).min(input.len() as u64)) as usize;
             match pkt.sink {
-                Sink::Buffer => pkt.buf.extend_from_slice(data),
+                Sink::Buffer => {
+                    let at = pkt.buf.len();
+                    pkt.buf.resize(at + k, 0);
+                    input.read(&mut pkt.buf[at..])?;
+                }
                 Sink::Vram => {
                     let lmem = self.hw.lmem().ok_or(Failure::Apply(Errno::EINVAL))?;
-                    lmem.write_sparse(pkt.repr.offset + pkt.got, data)
-                        .map_err(Failure::Apply)?;
+                    input.take_into_lmem(lmem, pkt.repr.offset + pkt.got, k, &mut self.scratch)?;
                 }
-                Sink::Skip => {}
+                Sink::Skip => input.skip(k, &mut self.scratch)?,
             }
             pkt.got += k as u64;
             self.bytes += k as u64;
-            buf = &buf[k..];
             if pkt.got == pkt.repr.size {
                 self.complete()?;
             }

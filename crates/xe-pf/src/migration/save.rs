@@ -14,7 +14,7 @@ use crate::vf::VfHw;
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use vfio_core::Errno;
+use vfio_core::{DataSink, Errno};
 
 /// Packets each GT's ring holds (upstream's value).
 pub const RING_CAPACITY: usize = 5;
@@ -90,6 +90,33 @@ struct Reader {
     cur: Option<(OutPacket, u64)>,
     next_gt: usize,
     failed: Option<Errno>,
+    /// For lazy LMEM going to a sink without space of its own.
+    scratch: Vec<u8>,
+}
+
+/// Largest piece of lazy LMEM read at once for a sink.
+const SCRATCH: usize = 1 << 20;
+
+/// A sink that is the caller's buffer (the buffered `read`).
+struct SliceSink<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+impl DataSink for SliceSink<'_> {
+    fn begin(&mut self, _n: usize) -> Result<(), Errno> {
+        Ok(())
+    }
+    fn put(&mut self, bytes: &[u8]) -> Result<(), Errno> {
+        self.buf[self.at..self.at + bytes.len()].copy_from_slice(bytes);
+        self.at += bytes.len();
+        Ok(())
+    }
+    fn space(&mut self, len: usize) -> Option<&mut [u8]> {
+        let s = &mut self.buf[self.at..self.at + len];
+        self.at += len;
+        Some(s)
+    }
 }
 
 /// A save session.
@@ -144,6 +171,7 @@ impl SaveSession {
                 cur: None,
                 next_gt: 0,
                 failed: None,
+                scratch: Vec::new(),
             }),
         }
     }
@@ -152,54 +180,109 @@ impl SaveSession {
     /// read means the end), blocking while the producers are behind. `Ok(0)` at the end; `EIO`
     /// from the first producer failure on, forever.
     pub(crate) fn read(&self, buf: &mut [u8]) -> Result<usize, Errno> {
-        let mut r = lock(&self.reader);
+        let max = buf.len();
+        self.read_to(max, &mut SliceSink { buf, at: 0 })
+    }
+
+    /// Like `read` of `max` bytes, but the bytes go to `sink` (see [`DataSink`]): first the
+    /// packets covering them are taken from the rings (waiting for the producers), so the
+    /// count is known and every failure of the producers comes before `sink.begin`; then the
+    /// bytes are handed over — VRAM payloads as slices of a reserved LMEM, without a copy.
+    pub(crate) fn read_to(&self, max: usize, sink: &mut dyn DataSink) -> Result<usize, Errno> {
+        let mut g = lock(&self.reader);
+        let r = &mut *g;
         if let Some(e) = r.failed {
             return Err(e);
         }
+        // The packets (and the byte range of each) that make up the next `n` bytes.
+        let mut plan: Vec<(OutPacket, u64, u64)> = Vec::new();
         let mut n = 0usize;
-        while n < buf.len() {
-            if r.cur.is_none() {
-                match self.next_packet(&mut r) {
-                    Ok(Some(p)) => r.cur = Some((p, 0)),
+        while n < max {
+            let (pkt, pos) = match r.cur.take() {
+                Some(c) => c,
+                None => match self.next_packet(r) {
+                    Ok(Some(p)) => (p, 0),
                     Ok(None) => break,
                     Err(e) => {
                         r.failed = Some(e);
                         return Err(e);
                     }
-                }
-            }
-            let Some((pkt, pos)) = r.cur.as_mut() else {
-                break;
+                },
             };
-            let dst = &mut buf[n..];
-            let copied = if *pos < HEADER_LEN as u64 {
-                let from = *pos as usize;
-                let k = (HEADER_LEN - from).min(dst.len());
-                dst[..k].copy_from_slice(&pkt.header[from..from + k]);
-                k
-            } else {
-                let at = *pos - HEADER_LEN as u64;
-                let k = ((pkt.size - at).min(dst.len() as u64)) as usize;
-                match &pkt.payload {
-                    Payload::Bytes(b) => dst[..k].copy_from_slice(&b[at as usize..at as usize + k]),
-                    Payload::Lmem(off) => {
-                        let lmem = self.hw.lmem().ok_or(Errno::EIO)?;
-                        if let Err(e) = lmem.read(off + at, &mut dst[..k]) {
-                            r.failed = Some(Errno::EIO);
-                            tracing::error!(%e, "reading LMEM for the save stream failed");
-                            return Err(Errno::EIO);
-                        }
-                    }
-                }
-                k
-            };
-            *pos += copied as u64;
-            n += copied;
-            if *pos == pkt.total() {
-                r.cur = None;
+            let k = (pkt.total() - pos).min((max - n) as u64);
+            n += k as usize;
+            plan.push((pkt, pos, pos + k));
+        }
+        let sent = sink.begin(n).and_then(|()| {
+            plan.iter()
+                .try_for_each(|(pkt, from, to)| self.emit(pkt, *from, *to, &mut r.scratch, sink))
+        });
+        if let Err(e) = sent {
+            r.failed = Some(Errno::EIO);
+            return Err(e);
+        }
+        if let Some((pkt, _, to)) = plan.pop() {
+            if to < pkt.total() {
+                r.cur = Some((pkt, to));
             }
         }
         Ok(n)
+    }
+
+    /// Hands bytes `[from, to)` of `pkt` (header included) to `sink`.
+    fn emit(
+        &self,
+        pkt: &OutPacket,
+        from: u64,
+        to: u64,
+        scratch: &mut Vec<u8>,
+        sink: &mut dyn DataSink,
+    ) -> Result<(), Errno> {
+        let h = HEADER_LEN as u64;
+        if from < h {
+            sink.put(&pkt.header[from as usize..to.min(h) as usize])?;
+        }
+        if to <= h {
+            return Ok(());
+        }
+        let (a, b) = (from.max(h) - h, to - h);
+        match &pkt.payload {
+            Payload::Bytes(v) => sink.put(&v[a as usize..b as usize]),
+            Payload::Lmem(off) => {
+                let lmem = self.hw.lmem().ok_or(Errno::EIO)?;
+                let len = (b - a) as usize;
+                // Best: the transport passes the LMEM's pages on (no copy at all); next: it
+                // copies straight out of a reserved LMEM.
+                if sink.put_file(lmem.fd(), off + a, len)? {
+                    return Ok(());
+                }
+                if let Some(r) = lmem.with_slice(off + a, len, |s| sink.put(s))? {
+                    return r;
+                }
+                // Lazy LMEM: read into the sink's own space when it has some, else through
+                // a scratch buffer.
+                let mut at = 0usize;
+                while at < len {
+                    let k = (len - at).min(SCRATCH);
+                    let src = off + a + at as u64;
+                    let read = |buf: &mut [u8]| {
+                        lmem.read(src, buf).map_err(|e| {
+                            tracing::error!(%e, "reading LMEM for the save stream failed");
+                            Errno::EIO
+                        })
+                    };
+                    if let Some(space) = sink.space(k) {
+                        read(space)?;
+                    } else {
+                        scratch.resize(k.max(scratch.len()), 0);
+                        read(&mut scratch[..k])?;
+                        sink.put(&scratch[..k])?;
+                    }
+                    at += k;
+                }
+                Ok(())
+            }
+        }
     }
 
     fn next_packet(&self, r: &mut Reader) -> Result<Option<OutPacket>, Errno> {

@@ -229,7 +229,7 @@ impl DataSink for SocketSink<'_> {
                     return Err(Errno::EPIPE);
                 }
                 Ok(k) => left -= k,
-                Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => continue,
+                Err(rustix::io::Errno::INTR) => continue,
                 Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) if left == len => {
                     return Ok(false);
                 }

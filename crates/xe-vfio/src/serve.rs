@@ -103,6 +103,13 @@ pub fn serve(spec: &HostSpec, dir: &Path, max_xfer: u32) -> Result<(), CliError>
         max_data_xfer: max_xfer,
         ..Default::default()
     };
+    if lmem_commit == Commit::Reserved && platform.has_vram() {
+        eprintln!(
+            "xe-vfio: committing {} of LMEM ({vfs} × {}) ...",
+            human(lmem_per_vf.saturating_mul(u64::from(vfs))),
+            human(lmem_per_vf)
+        );
+    }
     let host = start_host(spec, dir, &stop, &opts)?;
     let pf = &host.pf;
     println!(

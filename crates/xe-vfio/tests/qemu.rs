@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use vfio_core::device::region;
 use vfio_core::DeviceState;
 use vfio_user::Client;
+use xe_pf::mem::Commit;
 use xe_pf::Platform;
 
 const MIRROR: &str = "http://deb.debian.org/debian";
@@ -292,7 +293,9 @@ fn qemu_guest_drives_our_vfs() {
 
     // BMG: BAR2 = the LMEM quota; the guest writes registers and LMEM and runs a FILL job.
     let lmem = 64 << 20;
-    let a = host(&sockdir.join("a"), Platform::Bmg, 1, lmem);
+    // Reserved LMEM: the guest writes it through QEMU's mapping of the memfd, the job engine
+    // and the migration through the server's own mapping of the same pages.
+    let a = host_committed(&sockdir.join("a"), Platform::Bmg, 1, lmem, Commit::Reserved);
     let inside = format!("/run/xe-test-{}/a/vf1.sock", std::process::id());
     let console = boot(&root, &inside).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(

@@ -24,7 +24,7 @@ use std::os::unix::net::UnixStream;
 use thiserror::Error;
 
 /// Requests of each kind kept in flight.
-const DEPTH: usize = 2;
+const DEPTH: usize = 4;
 
 /// Pipe capacity asked for: one default `max_data_xfer_size` (the unprivileged maximum).
 const PIPE_SIZE: usize = 1 << 20;

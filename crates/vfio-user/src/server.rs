@@ -5,6 +5,13 @@
 //! streams are disabled (the VF's memory and registers persist — an emulator convenience).
 //! Malformed messages get error replies with their errno and the server keeps serving; only
 //! unparseable framing (a size that cannot be a message) ends the connection.
+//!
+//! Migration data takes direct paths when the device offers them (see `vfio_core::DataSink`):
+//! a MIG_DATA_READ reply is written by the device into the socket — LMEM pages by `sendfile` —
+//! and MIG_DATA_WRITE data is read by the device from the socket into its memory, with no
+//! buffer of the server's in between. `sendfile` cannot suppress `SIGPIPE` as `send` does: a
+//! client hanging up mid-reply raises it, which Rust programs ignore (the error is `EPIPE`);
+//! a C host embedding this server must ignore it too.
 
 use crate::msg::{self, feature, Fields, Header, Payload, Request, HEADER_LEN};
 use crate::sock;
@@ -189,8 +196,11 @@ struct SocketSink<'s> {
 }
 
 impl SocketSink<'_> {
-    fn send(&mut self, parts: &[&[u8]]) -> Result<(), Errno> {
-        sock::send_all(self.stream, parts, &[]).map_err(|e| {
+    /// Sends what is pending, then `more`, in one `sendmsg`; pending is empty afterwards.
+    fn send_pending(&mut self, more: &[u8]) -> Result<(), Errno> {
+        let r = sock::send_all(self.stream, &[self.pending.as_slice(), more], &[]);
+        self.pending.clear();
+        r.map_err(|e| {
             self.err = Some(e);
             Errno::EPIPE
         })
@@ -211,11 +221,7 @@ impl DataSink for SocketSink<'_> {
     /// than reading into a buffer).
     fn put_file(&mut self, fd: BorrowedFd<'_>, offset: u64, len: usize) -> Result<bool, Errno> {
         if !self.pending.is_empty() {
-            let pending = std::mem::take(self.pending);
-            let r = self.send(&[&pending]);
-            *self.pending = pending;
-            self.pending.clear();
-            r?;
+            self.send_pending(&[])?;
         }
         let mut off = offset;
         let mut left = len;
@@ -257,11 +263,7 @@ impl DataSink for SocketSink<'_> {
             self.pending.extend_from_slice(bytes);
             return Ok(());
         }
-        let pending = std::mem::take(self.pending);
-        let r = self.send(&[&pending, bytes]);
-        *self.pending = pending;
-        self.pending.clear();
-        r
+        self.send_pending(bytes)
     }
 }
 

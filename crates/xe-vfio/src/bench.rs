@@ -18,6 +18,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vfio_core::device::region;
 use vfio_user::Client;
@@ -30,20 +31,26 @@ const CHUNK: usize = 1 << 20;
 #[derive(Debug, Serialize)]
 pub struct Row {
     pub lmem_bytes: u64,
-    /// Raw UNIX socket between two processes, this many bytes (best of two), same run.
+    /// Raw UNIX socket between two processes, this many bytes from a buffer of them into a
+    /// buffer of them (memory to memory, as a migration moves LMEM), best of two, same run.
     pub socket_gib_s: f64,
+    /// The same through one cache-resident 1 MiB buffer at each end (the socket's ceiling).
+    pub socket_hot_gib_s: f64,
     /// Writing this much fresh memory (what a lazy destination must commit), same run.
     pub first_touch_gib_s: f64,
     pub stream_bytes: u64,
-    /// In-process save+restore, reserved LMEM (committed at provisioning, mapped).
+    /// In-process save+restore, reserved LMEM (committed at provisioning, mapped): the better
+    /// of two (A → B, then back).
     pub inproc_gib_s: f64,
     pub inproc_ratio_memcpy: f64,
-    /// The same with lazily committed LMEM (pread/pwrite, destination pages found on the way).
+    /// The same with lazily committed LMEM (pread/pwrite, destination pages found on the way),
+    /// into a fresh destination (the first run).
     pub inproc_lazy_gib_s: f64,
     pub inproc_lazy_ratio_memcpy: f64,
     /// The better of the two vfio-user migrations (reserved LMEM), and its ratio.
     pub vfio_user_gib_s: f64,
     pub vfio_user_ratio_socket: f64,
+    pub vfio_user_ratio_socket_hot: f64,
     /// Downtime of that migration.
     pub downtime_ms: f64,
     /// Both migrations (A → B first, then back).
@@ -61,6 +68,11 @@ pub struct Results {
     pub machine: String,
     pub memcpy_gib_s: f64,
     pub rows: Vec<Row>,
+}
+
+/// The best rate of several `(bytes, time)` runs.
+fn best_rate(runs: &[(u64, Duration)]) -> f64 {
+    runs.iter().map(|&(n, d)| gib_s(n, d)).fold(0.0, f64::max)
 }
 
 fn gib_s(bytes: u64, d: Duration) -> f64 {
@@ -97,33 +109,51 @@ fn first_touch_baseline(n: u64) -> Result<f64, CliError> {
     Ok(gib_s(n, t.elapsed()))
 }
 
-/// The child side of the socket baseline: read everything, acknowledge with one byte.
+/// The child side of the socket baselines: reads the byte count and the mode (0: into one
+/// 1 MiB buffer, 1: into a buffer of the whole count, touched first), says it is ready, reads
+/// everything, acknowledges with one byte.
 pub fn sink(path: &Path) -> Result<(), CliError> {
     let mut s = UnixStream::connect(path).ctx(|| "bench sink: connecting".into())?;
     vfio_user::tune_socket(&s);
-    let mut len = [0u8; 8];
-    s.read_exact(&mut len)
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head)
         .ctx(|| "bench sink: reading".into())?;
-    let mut left = u64::from_le_bytes(len);
-    let mut buf = vec![0u8; CHUNK];
-    while left > 0 {
-        let n = s.read(&mut buf).ctx(|| "bench sink: reading".into())?;
+    let total = u64::from_le_bytes(head[..8].try_into().unwrap_or_default());
+    let whole = head[8] == 1;
+    let len = if whole {
+        usize::try_from(total).map_err(|_| CliError::new("bench sink: too large"))?
+    } else {
+        CHUNK
+    };
+    let mut buf = vec![1u8; len];
+    s.write_all(&[1]).ctx(|| "bench sink: ready".into())?;
+    let mut got = 0usize;
+    while (got as u64) < total {
+        let at = if whole { got } else { 0 };
+        let end = (at + CHUNK).min(buf.len());
+        let n = s
+            .read(&mut buf[at..end])
+            .ctx(|| "bench sink: reading".into())?;
         if n == 0 {
             return Err(CliError::new("bench sink: early EOF"));
         }
-        left -= n as u64;
+        got += n;
     }
+    std::hint::black_box(&buf);
     s.write_all(&[1])
         .ctx(|| "bench sink: acknowledging".into())?;
     Ok(())
 }
 
 /// The best of two runs of `socket_once`.
-fn socket_baseline(dir: &Path, bytes: u64) -> Result<f64, CliError> {
-    Ok(socket_once(dir, bytes)?.max(socket_once(dir, bytes)?))
+fn socket_baseline(dir: &Path, bytes: u64, whole: bool) -> Result<f64, CliError> {
+    Ok(socket_once(dir, bytes, whole)?.max(socket_once(dir, bytes, whole)?))
 }
 
-fn socket_once(dir: &Path, bytes: u64) -> Result<f64, CliError> {
+/// `bytes` written over a UNIX socket to a second process in 1 MiB writes: with `whole`, from a
+/// buffer of all the bytes into one of all the bytes (memory to memory, as migration moves
+/// LMEM), else from one 1 MiB buffer into another (cache-resident: the socket's ceiling).
+fn socket_once(dir: &Path, bytes: u64, whole: bool) -> Result<f64, CliError> {
     let path = dir.join("baseline.sock");
     let _ = std::fs::remove_file(&path);
     let l = UnixListener::bind(&path).ctx(|| "binding the baseline socket".into())?;
@@ -135,14 +165,25 @@ fn socket_once(dir: &Path, bytes: u64) -> Result<f64, CliError> {
     let (mut s, _) = l.accept().ctx(|| "accepting the sink".into())?;
     // Same socket buffers as the vfio-user connections, so the comparison is fair.
     vfio_user::tune_socket(&s);
-    let buf: Vec<u8> = (0..CHUNK).map(|i| i as u8).collect();
-    s.write_all(&bytes.to_le_bytes()).ctx(|| "writing".into())?;
+    let len = if whole {
+        usize::try_from(bytes).map_err(|_| CliError::new("too large"))?
+    } else {
+        CHUNK
+    };
+    let buf: Vec<u8> = (0..len).map(|i| i as u8).collect();
+    let mut head = bytes.to_le_bytes().to_vec();
+    head.push(u8::from(whole));
+    s.write_all(&head).ctx(|| "writing".into())?;
+    let mut ready = [0u8; 1];
+    s.read_exact(&mut ready)
+        .ctx(|| "waiting for the sink".into())?;
     let t = Instant::now();
-    let mut left = bytes;
-    while left > 0 {
-        let n = (left as usize).min(CHUNK);
-        s.write_all(&buf[..n]).ctx(|| "writing".into())?;
-        left -= n as u64;
+    let mut sent = 0usize;
+    while (sent as u64) < bytes {
+        let n = ((bytes - sent as u64) as usize).min(CHUNK);
+        let at = if whole { sent } else { 0 };
+        s.write_all(&buf[at..at + n]).ctx(|| "writing".into())?;
+        sent += n;
     }
     let mut ack = [0u8; 1];
     s.read_exact(&mut ack)
@@ -167,7 +208,7 @@ fn fill(write: &mut LmemWriter<'_>, size: u64) -> Result<(), CliError> {
     Ok(())
 }
 
-fn bmg(lmem: u64, commit: Commit) -> Result<std::sync::Arc<XePf>, CliError> {
+fn bmg(lmem: u64, commit: Commit) -> Result<Arc<XePf>, CliError> {
     let mut cfg = PfConfig::sized_for(Platform::Bmg, 1, lmem).ctx(|| "sizing a PF".into())?;
     cfg.lmem_commit = commit;
     let prov = VfProvision {
@@ -177,7 +218,9 @@ fn bmg(lmem: u64, commit: Commit) -> Result<std::sync::Arc<XePf>, CliError> {
     XePf::with_vfs(cfg, 1, prov).ctx(|| "creating a PF with one VF".into())
 }
 
-fn in_process(lmem: u64, commit: Commit) -> Result<(u64, Duration), CliError> {
+/// Two in-process save+restores (A → B, then back), each timed from the source entering
+/// STOP_COPY to the destination leaving RESUMING: `(stream bytes, time)` of each.
+fn in_process(lmem: u64, commit: Commit) -> Result<Vec<(u64, Duration)>, CliError> {
     let (a, b) = (bmg(lmem, commit)?, bmg(lmem, commit)?);
     let src = a.vf(1).ctx(|| "VF".into())?;
     fill(
@@ -190,8 +233,14 @@ fn in_process(lmem: u64, commit: Commit) -> Result<(u64, Duration), CliError> {
         },
         lmem,
     )?;
-    a.suspend_device(1).ctx(|| "pausing A".into())?;
-    b.suspend_device(1).ctx(|| "pausing B".into())?;
+    Ok(vec![one_way(&a, &b, lmem)?, one_way(&b, &a, lmem)?])
+}
+
+/// Migrates VF 1 of `a` into VF 1 of `b` in-process; both run again afterwards.
+fn one_way(a: &Arc<XePf>, b: &Arc<XePf>, lmem: u64) -> Result<(u64, Duration), CliError> {
+    a.suspend_device(1).ctx(|| "pausing the source".into())?;
+    b.suspend_device(1)
+        .ctx(|| "pausing the destination".into())?;
     b.resume_data_enter(1).ctx(|| "resume_data_enter".into())?;
     let t = Instant::now();
     a.stop_copy_enter(1).ctx(|| "stop_copy_enter".into())?;
@@ -225,19 +274,20 @@ fn in_process(lmem: u64, commit: Commit) -> Result<(u64, Duration), CliError> {
     a.stop_copy_exit(1).ctx(|| "stop_copy_exit".into())?;
     b.resume_data_exit(1).ctx(|| "resume_data_exit".into())?;
     let d = t.elapsed();
+    a.resume_device(1).ctx(|| "resuming the source".into())?;
+    b.resume_device(1)
+        .ctx(|| "resuming the destination".into())?;
     // Spot-check the copy.
     let (x, y) = (a.vf(1).ctx(|| "VF".into())?, b.vf(1).ctx(|| "VF".into())?);
+    let (xl, yl) = (
+        x.hw.lmem().ok_or_else(|| CliError::new("no LMEM"))?,
+        y.hw.lmem().ok_or_else(|| CliError::new("no LMEM"))?,
+    );
     let mut p = vec![0u8; 4096];
     let mut q = vec![0u8; 4096];
     for at in [0, lmem / 2, lmem - 4096] {
-        x.hw.lmem()
-            .unwrap()
-            .read(at, &mut p)
-            .ctx(|| "checking".into())?;
-        y.hw.lmem()
-            .unwrap()
-            .read(at, &mut q)
-            .ctx(|| "checking".into())?;
+        xl.read(at, &mut p).ctx(|| "checking".into())?;
+        yl.read(at, &mut q).ctx(|| "checking".into())?;
         if p != q {
             return Err(CliError::new(format!(
                 "in-process restore differs at {at:#x}"
@@ -395,21 +445,25 @@ pub fn bench(sizes: &str, json: bool) -> Result<(), CliError> {
             "{}: raw UNIX socket between two processes ...",
             human(lmem)
         ));
-        let socket = socket_baseline(dir.path(), lmem)?;
+        let socket = socket_baseline(dir.path(), lmem, true)?;
+        let socket_hot = socket_baseline(dir.path(), lmem, false)?;
         say(format!(
             "{}: first-touch write of fresh memory ...",
             human(lmem)
         ));
         let first_touch = first_touch_baseline(lmem)?;
         say(format!("{}: in-process save+restore ...", human(lmem)));
-        let (bytes, d) = in_process(lmem, Commit::Reserved)?;
-        let inproc = gib_s(bytes, d);
+        let runs = in_process(lmem, Commit::Reserved)?;
+        let bytes = runs[0].0;
+        let inproc = best_rate(&runs);
         say(format!(
             "{}: in-process save+restore, lazy LMEM ...",
             human(lmem)
         ));
-        let (lb, ld) = in_process(lmem, Commit::Lazy)?;
-        let inproc_lazy = gib_s(lb, ld);
+        // Lazy: the first run, into a destination that never held data (the second would
+        // find A's pages already committed).
+        let lazy = in_process(lmem, Commit::Lazy)?;
+        let inproc_lazy = gib_s(lazy[0].0, lazy[0].1);
         say(format!(
             "{}: vfio-user migrations between two serve processes ...",
             human(lmem)
@@ -425,6 +479,7 @@ pub fn bench(sizes: &str, json: bool) -> Result<(), CliError> {
         rows.push(Row {
             lmem_bytes: lmem,
             socket_gib_s: socket,
+            socket_hot_gib_s: socket_hot,
             first_touch_gib_s: first_touch,
             stream_bytes: bytes,
             inproc_gib_s: inproc,
@@ -433,6 +488,7 @@ pub fn bench(sizes: &str, json: bool) -> Result<(), CliError> {
             inproc_lazy_ratio_memcpy: inproc_lazy / memcpy,
             vfio_user_gib_s: best.gib_s,
             vfio_user_ratio_socket: best.gib_s / socket,
+            vfio_user_ratio_socket_hot: best.gib_s / socket_hot,
             downtime_ms: best.downtime_ms,
             vfio_user_runs: Vec::new(),
             src_idle_rss: ia,
@@ -454,14 +510,20 @@ pub fn bench(sizes: &str, json: bool) -> Result<(), CliError> {
         return Ok(());
     }
     println!("machine: {}", res.machine);
-    println!("memcpy (best of 5, 256 MiB): {memcpy:.2} GiB/s; LMEM reserved unless marked lazy");
+    println!("memcpy (best of 5, 256 MiB): {memcpy:.2} GiB/s. LMEM reserved unless marked lazy.");
     println!(
-        "{:>9} | {:>11} | {:>16} | {:>16} | {:>16} {:>11} | {:>8} | {:>19} | {:>19}",
+        "socket: raw UNIX socket, memory to memory; hot: through 1 MiB cache-resident buffers."
+    );
+    println!(
+        "{:>9} | {:>10} {:>10} | {:>16} | {:>16} | {:>10} {:>5} {:>5} {:>11} | {:>8} | {:>19} | {:>19}",
         "LMEM",
-        "raw socket",
+        "socket",
+        "hot",
         "in-proc  ×mcpy",
         "lazy  ×mcpy",
-        "vfio-user  ×sock",
+        "vfio-user",
+        "×sock",
+        "×hot",
         "(1st run)",
         "downtime",
         "idle RSS src/dst",
@@ -470,15 +532,17 @@ pub fn bench(sizes: &str, json: bool) -> Result<(), CliError> {
     for r in &res.rows {
         let first = r.vfio_user_runs.first().map_or(0.0, |x| x.gib_s);
         println!(
-            "{:>9} | {:>5.2} GiB/s | {:>5.2} GiB/s {:>5.2} | {:>5.2} GiB/s {:>5.2} | {:>5.2} GiB/s {:>5.2} {:>5.2} GiB/s | {:>5.0} ms | {:>9} {:>9} | {:>9} {:>9}",
+            "{:>9} | {:>5.2} GiB/s {:>5.2} GiB/s | {:>5.2} GiB/s {:>5.2} | {:>5.2} GiB/s {:>5.2} | {:>5.2} GiB/s {:>5.2} {:>5.2} {:>5.2} GiB/s | {:>5.0} ms | {:>9} {:>9} | {:>9} {:>9}",
             human(r.lmem_bytes),
             r.socket_gib_s,
+            r.socket_hot_gib_s,
             r.inproc_gib_s,
             r.inproc_ratio_memcpy,
             r.inproc_lazy_gib_s,
             r.inproc_lazy_ratio_memcpy,
             r.vfio_user_gib_s,
             r.vfio_user_ratio_socket,
+            r.vfio_user_ratio_socket_hot,
             first,
             r.downtime_ms,
             human(r.src_idle_rss),

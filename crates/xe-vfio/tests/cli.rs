@@ -265,6 +265,7 @@ fn bench_runs_and_reports_json() {
     assert!(v["memcpy_gib_s"].as_f64().unwrap() > 0.0);
     let row = &v["rows"][0];
     assert!(row["socket_gib_s"].as_f64().unwrap() > 0.0);
+    assert!(row["socket_hot_gib_s"].as_f64().unwrap() > 0.0);
     assert_eq!(row["vfio_user_runs"].as_array().unwrap().len(), 2);
     assert_eq!(row["lmem_bytes"], 8 << 20);
     assert!(row["stream_bytes"].as_u64().unwrap() > 8 << 20);

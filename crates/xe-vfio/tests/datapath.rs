@@ -294,6 +294,49 @@ fn a_bad_write_size_is_refused_in_step() {
     let r = c.raw(cmd::MIG_DATA_WRITE, msg::TYPE_COMMAND, &p).unwrap();
     assert_eq!(r.header.errno(), Some(Errno::EINVAL));
     assert_eq!(r.header.size as usize, HEADER_LEN);
-    let _ = Header::decode(&[0; HEADER_LEN]);
     assert_eq!(c.device_state().unwrap(), DeviceState::Resuming);
+}
+
+/// A client that asks for migration data and hangs up before reading it: the server's direct
+/// send fails (EPIPE, not a signal), the device is closed (back to RUNNING), and the next client
+/// is served.
+#[test]
+fn a_client_hanging_up_mid_reply_is_survived() {
+    let dir = tempfile::tempdir().unwrap();
+    for commit in [Commit::Lazy, Commit::Reserved] {
+        let a = host_committed(
+            &dir.path().join(format!("a{commit:?}")),
+            Platform::Bmg,
+            1,
+            64 << 20,
+            commit,
+        );
+        {
+            let mut c = Client::connect(&a.sockets[0]).unwrap();
+            c.set_device_state(DeviceState::StopCopy).unwrap();
+            // Queue several 1 MiB reads and leave: replies far larger than the socket buffers.
+            let p = Payload::new().u32(8 + (1 << 20)).u32(1 << 20).0;
+            for id in 0..16u16 {
+                let h = Header {
+                    msg_id: 1000 + id,
+                    command: cmd::MIG_DATA_READ,
+                    size: (HEADER_LEN + p.len()) as u32,
+                    flags: msg::TYPE_COMMAND,
+                    error: 0,
+                };
+                let mut m = h.encode().to_vec();
+                m.extend_from_slice(&p);
+                c.send_bytes(&m).unwrap();
+            }
+        }
+        let mut c = Client::connect(&a.sockets[0]).unwrap();
+        assert_eq!(
+            c.device_state().unwrap(),
+            DeviceState::Running,
+            "{commit:?}"
+        );
+        // And it migrates data normally again.
+        fill(&mut c);
+        assert!(save(&mut c, 1 << 20).len() as u64 > 64 << 20);
+    }
 }

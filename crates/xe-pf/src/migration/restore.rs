@@ -3,8 +3,9 @@
 //! A header is accumulated to its 24 bytes and validated — route, order and size rules — before
 //! a single payload byte is accepted. Small payloads (descriptor, GUC, MMIO, GGTT) are buffered
 //! up to their already-validated size; VRAM payloads go straight into the target LMEM (zero pages
-//! become holes); unknown types are skipped. The first error poisons the session: every later
-//! write returns it, and finishing fails.
+//! of a lazy LMEM become holes); unknown types are skipped. The first error poisons the session:
+//! every later write returns it, and finishing fails. `write_from` does the same pulling bytes
+//! from a transport, which then writes VRAM payloads directly into a reserved LMEM.
 
 use super::wire::{
     Descriptor, Header, HeaderRepr, PacketType, WireError, DESCRIPTOR_MAX, HEADER_LEN,

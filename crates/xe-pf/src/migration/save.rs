@@ -4,7 +4,9 @@
 //! and, on discrete parts, VRAM chunks), GTs interleaved round-robin (deterministically), then
 //! TRAILER.
 //! VRAM packets are *views* on the stopped VF's LMEM: their bytes go from the LMEM straight into
-//! the reader's buffer, so memory in flight is a few small packets whatever the LMEM size.
+//! the reader's buffer — or, through `read_to`, to a transport: as the LMEM file's pages
+//! (`DataSink::put_file`, no copy at all) or as slices of a reserved LMEM — so memory in flight
+//! is a few small packets whatever the LMEM size.
 
 use super::wire::{Descriptor, HeaderRepr, PacketType, HEADER_LEN};
 use crate::guc::{Fault, Faults, GucOp};

@@ -64,9 +64,14 @@ pub struct Relay {
     buf: Vec<u8>,
 }
 
+/// A relay failure, and whether the source's and the destination's connections are in step.
+type Failure = (RelayError, bool, bool);
+
+/// Which connection broke while passing data; for the destination, how many bytes of the
+/// message are still on the source's connection.
 enum Side {
     Src(io::Error),
-    Dst(io::Error),
+    Dst(io::Error, usize),
 }
 
 impl Relay {
@@ -123,10 +128,12 @@ impl Relay {
         // this one's answer travels back.
         let mut reads = 0usize;
         let mut writes: VecDeque<usize> = VecDeque::new();
-        let mut end = false;
-        let r = loop {
+        // On failure: the error, and whether each connection is still in step (no message
+        // half-sent or half-read on it), so that the answers still owed can be taken.
+        let remote = |e: &ClientError| matches!(e, ClientError::Remote { .. });
+        let failure: Failure = loop {
             let mut unsent = None;
-            while !end && reads < DEPTH {
+            while reads < DEPTH {
                 if let Err(err) = src.send_mig_read(want) {
                     unsent = Some(err);
                     break;
@@ -134,75 +141,87 @@ impl Relay {
                 reads += 1;
             }
             if let Some(err) = unsent {
-                break Err(RelayError::Source { at: total, err });
+                break (RelayError::Source { at: total, err }, false, true);
             }
-            if !end {
-                let n = match src.recv_mig_read_header(want) {
-                    Ok(n) => n,
-                    Err(err) => break Err(RelayError::Source { at: total, err }),
-                };
-                reads -= 1;
-                if n > 0 {
-                    let at = total + writes.iter().sum::<usize>() as u64;
-                    if let Err(err) = dst.send_mig_write_header(n) {
-                        break Err(RelayError::Destination { at, err });
-                    }
-                    match self.pass(src.socket(), dst.socket(), n) {
-                        Ok(()) => {}
-                        Err(Side::Src(e)) => {
-                            break Err(RelayError::Source { at, err: e.into() });
-                        }
-                        Err(Side::Dst(e)) => {
-                            break Err(RelayError::Destination { at, err: e.into() });
-                        }
-                    }
-                    writes.push_back(n);
+            let n = match src.recv_mig_read_header(want) {
+                Ok(n) => n,
+                Err(err) => {
+                    // An error reply is a whole message: the connection stays in step.
+                    let ok = remote(&err);
+                    reads -= usize::from(ok);
+                    break (RelayError::Source { at: total, err }, ok, true);
                 }
-                end = n < want;
+            };
+            reads -= 1;
+            if n > 0 {
+                let at = total + writes.iter().sum::<usize>() as u64;
+                if let Err(err) = dst.send_mig_write_header(n) {
+                    // The destination is gone; take the data off the source's connection.
+                    self.discard(src, n);
+                    break (RelayError::Destination { at, err }, true, false);
+                }
+                match self.pass(src.socket(), dst.socket(), n) {
+                    Ok(()) => {}
+                    Err(Side::Src(e)) => {
+                        break (RelayError::Source { at, err: e.into() }, false, false);
+                    }
+                    Err(Side::Dst(e, left)) => {
+                        self.discard(src, left);
+                        break (RelayError::Destination { at, err: e.into() }, true, false);
+                    }
+                }
+                writes.push_back(n);
             }
+            let end = n < want;
             // Take write answers down to DEPTH - 1 in flight (none once the source ended).
             let keep = if end { 0 } else { DEPTH - 1 };
             let mut failed = None;
             while writes.len() > keep {
-                if let Err(err) = dst.recv_mig_write_reply() {
-                    failed = Some(RelayError::Destination { at: total, err });
-                    writes.pop_front();
+                let r = dst.recv_mig_write_reply();
+                let n = writes.pop_front().unwrap_or(0);
+                if let Err(err) = r {
+                    let ok = remote(&err);
+                    failed = Some((RelayError::Destination { at: total, err }, true, ok));
                     break;
                 }
-                total += writes.pop_front().unwrap_or(0) as u64;
+                total += n as u64;
                 progress(total);
             }
-            if let Some(e) = failed {
-                break Err(e);
+            if let Some(f) = failed {
+                break f;
             }
             if end {
-                break Ok(total);
+                // Reads sent after the last chunk are answered with no data.
+                for _ in 0..reads {
+                    match src.recv_mig_read_header(want) {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            return Err(RelayError::Source {
+                                at: total,
+                                err: ClientError::Protocol(format!(
+                                    "{n} bytes of migration data after the end of the stream"
+                                )),
+                            })
+                        }
+                        Err(err) => return Err(RelayError::Source { at: total, err }),
+                    }
+                }
+                return Ok(total);
             }
         };
-        // Reads sent after the last chunk (or before a failure) are still owed an answer.
-        for _ in 0..reads {
-            match r {
-                Ok(_) => match src.recv_mig_read_header(want) {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        return Err(RelayError::Source {
-                            at: total,
-                            err: ClientError::Protocol(format!(
-                                "{n} bytes of migration data after the end of the stream"
-                            )),
-                        })
-                    }
-                    Err(err) => return Err(RelayError::Source { at: total, err }),
-                },
-                Err(_) => self.discard_reply(src, want),
+        // Take the answers still owed from the connections still in step.
+        let (err, src_in_step, dst_in_step) = failure;
+        if src_in_step {
+            for _ in 0..reads {
+                self.discard_reply(src, want);
             }
         }
-        if r.is_err() {
+        if dst_in_step {
             for _ in 0..writes.len() {
                 let _ = dst.recv_mig_write_reply();
             }
         }
-        r
+        Err(err)
     }
 
     /// Moves exactly `n` bytes from `from` to `to`.
@@ -225,16 +244,16 @@ impl Relay {
                 }
                 Err(e) => return Err(Side::Src(e.into())),
             };
+            left -= k;
             let mut out = 0;
             while out < k {
                 match rustix::pipe::splice(rd, None, to, None, k - out, splice_flags()) {
-                    Ok(0) => return Err(Side::Dst(eof())),
+                    Ok(0) => return Err(Side::Dst(eof(), left)),
                     Ok(m) => out += m,
                     Err(rustix::io::Errno::INTR) => continue,
-                    Err(e) => return Err(Side::Dst(e.into())),
+                    Err(e) => return Err(Side::Dst(e.into(), left)),
                 }
             }
-            left -= k;
         }
         Ok(())
     }
@@ -247,17 +266,22 @@ impl Relay {
         while left > 0 {
             let k = left.min(self.buf.len());
             from.read_exact(&mut self.buf[..k]).map_err(Side::Src)?;
-            to.write_all(&self.buf[..k]).map_err(Side::Dst)?;
             left -= k;
+            to.write_all(&self.buf[..k])
+                .map_err(|e| Side::Dst(e, left))?;
         }
         Ok(())
     }
 
     /// Reads and drops one MIG_DATA_READ reply (best effort).
     fn discard_reply(&mut self, src: &mut Client, want: usize) {
-        let Ok(n) = src.recv_mig_read_header(want) else {
-            return;
-        };
+        if let Ok(n) = src.recv_mig_read_header(want) {
+            self.discard(src, n);
+        }
+    }
+
+    /// Reads and drops `n` bytes of the source's connection (best effort).
+    fn discard(&mut self, src: &mut Client, n: usize) {
         if self.buf.len() < PIPE_SIZE {
             self.buf.resize(PIPE_SIZE, 0);
         }

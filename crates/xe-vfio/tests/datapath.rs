@@ -340,3 +340,85 @@ fn a_client_hanging_up_mid_reply_is_survived() {
         assert!(save(&mut c, 1 << 20).len() as u64 > 64 << 20);
     }
 }
+
+/// A destination that negotiates, then hangs up in the middle of the first MIG_DATA_WRITE.
+fn dying_destination(path: &std::path::Path) -> std::thread::JoinHandle<()> {
+    use std::io::{Read, Write};
+    let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        loop {
+            let mut hb = [0u8; HEADER_LEN];
+            if s.read_exact(&mut hb).is_err() {
+                return;
+            }
+            let h = Header::decode(&hb);
+            if h.command == cmd::MIG_DATA_WRITE {
+                let mut some = vec![0u8; 1000];
+                let _ = s.read_exact(&mut some);
+                return; // hang up
+            }
+            let mut p = vec![0u8; h.size as usize - HEADER_LEN];
+            s.read_exact(&mut p).unwrap();
+            assert_eq!(h.command, cmd::VERSION);
+            let caps = br#"{"capabilities":{"max_data_xfer_size":1048576}}"#;
+            let reply = Payload::new()
+                .u16(msg::VERSION_MAJOR)
+                .u16(msg::VERSION_MINOR)
+                .bytes(caps)
+                .bytes(&[0])
+                .0;
+            s.write_all(&h.reply(reply.len()).encode()).unwrap();
+            s.write_all(&reply).unwrap();
+        }
+    })
+}
+
+/// The destination dying mid-stream, or the source failing mid-stream, leaves the source's
+/// connection in step (the answers it still owed taken), so the abort path can resume it with
+/// its state intact.
+#[test]
+fn relay_failures_leave_the_source_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = host_committed(
+        &dir.path().join("a"),
+        Platform::Bmg,
+        1,
+        64 << 20,
+        Commit::Reserved,
+    );
+    let mut src = Client::connect(&a.sockets[0]).unwrap();
+    fill(&mut src);
+    let before = lmem_sized(&mut src, 64 << 20);
+    for mut relay in [Relay::new(), Relay::copying()] {
+        let path = dir.path().join(format!("dying{}.sock", relay.splicing()));
+        let t = dying_destination(&path);
+        let mut dst = Client::connect(&path).unwrap();
+        src.set_device_state(DeviceState::StopCopy).unwrap();
+        let e = relay.run(&mut src, &mut dst, &mut |_| {}).unwrap_err();
+        assert!(e.to_string().starts_with("destination:"), "{e}");
+        t.join().unwrap();
+        src.set_device_state(DeviceState::Running).unwrap();
+        assert_eq!(src.device_state().unwrap(), DeviceState::Running);
+        assert!(
+            lmem_sized(&mut src, 64 << 20) == before,
+            "source LMEM changed"
+        );
+    }
+    // The source failing (its GuC state cannot be saved): an error reply, reads in flight
+    // answered, the connection in step.
+    a.pf.faults()
+        .inject(1, Some(0), GucOp::SaveState, Fault::Fail(Errno::EPROTO), 1);
+    let b = host(&dir.path().join("b"), Platform::Bmg, 1, 64 << 20);
+    let mut dst = Client::connect(&b.sockets[0]).unwrap();
+    dst.set_device_state(DeviceState::Stop).unwrap();
+    dst.set_device_state(DeviceState::Resuming).unwrap();
+    src.set_device_state(DeviceState::StopCopy).unwrap();
+    let e = Relay::new()
+        .run(&mut src, &mut dst, &mut |_| {})
+        .unwrap_err();
+    assert_eq!(e.client_error().errno(), Errno::EIO, "{e}");
+    assert!(e.to_string().starts_with("source:"), "{e}");
+    assert_eq!(src.device_state().unwrap(), DeviceState::StopCopy);
+    assert_eq!(dst.device_state().unwrap(), DeviceState::Resuming);
+}

@@ -16,10 +16,13 @@ fn pattern(n: usize, seed: u8) -> Vec<u8> {
 #[test]
 fn migrate_between_two_serve_processes() {
     let dir = tempfile::tempdir().unwrap();
-    // The source's LMEM is lazy, the destination's reserved (the default: committed up front
-    // and mapped).
     let a = Serve::start(
         &dir.path().join("a"),
+        &["--platform", "bmg", "--vfs", "2", "--lmem-per-vf", "64M"],
+    );
+    // The destination reserves its LMEM up front (mapped), the source's is lazy.
+    let b = Serve::start(
+        &dir.path().join("b"),
         &[
             "--platform",
             "bmg",
@@ -28,12 +31,8 @@ fn migrate_between_two_serve_processes() {
             "--lmem-per-vf",
             "64M",
             "--lmem-commit",
-            "lazy",
+            "reserved",
         ],
-    );
-    let b = Serve::start(
-        &dir.path().join("b"),
-        &["--platform", "bmg", "--vfs", "2", "--lmem-per-vf", "64M"],
     );
     // Sockets are 0600.
     use std::os::unix::fs::PermissionsExt;

@@ -21,6 +21,16 @@ fn pattern(n: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
+/// A BMG host with one VF of `lmem`, committed as `commit` says, under `dir/name`.
+fn bmg(
+    dir: &tempfile::TempDir,
+    name: impl AsRef<std::path::Path>,
+    lmem: u64,
+    commit: Commit,
+) -> Host {
+    host_committed(&dir.path().join(name), Platform::Bmg, 1, lmem, commit)
+}
+
 /// Data in two places of the LMEM (the rest stays zero) and a scratch register.
 fn fill(c: &mut Client) {
     fill_sized(c, LMEM)
@@ -81,14 +91,8 @@ fn direct_paths_give_the_same_stream_and_state_at_every_split() {
 
 fn same_stream_and_state(lmem: u64, splits: &[usize]) {
     let dir = tempfile::tempdir().unwrap();
-    let lazy = host_committed(&dir.path().join("l"), Platform::Bmg, 1, lmem, Commit::Lazy);
-    let reserved = host_committed(
-        &dir.path().join("r"),
-        Platform::Bmg,
-        1,
-        lmem,
-        Commit::Reserved,
-    );
+    let lazy = bmg(&dir, "l", lmem, Commit::Lazy);
+    let reserved = bmg(&dir, "r", lmem, Commit::Reserved);
     let mut streams = Vec::new();
     for h in [&lazy, &reserved] {
         fill_sized(&mut Client::connect(&h.sockets[0]).unwrap(), lmem);
@@ -120,13 +124,7 @@ fn same_stream_and_state(lmem: u64, splits: &[usize]) {
     // Restores at the same splits, into lazy and reserved LMEM, give the source's state.
     let want = lmem_sized(&mut Client::connect(&lazy.sockets[0]).unwrap(), lmem);
     for commit in [Commit::Lazy, Commit::Reserved] {
-        let d = host_committed(
-            &dir.path().join(format!("d{commit:?}")),
-            Platform::Bmg,
-            1,
-            lmem,
-            commit,
-        );
+        let d = bmg(&dir, format!("d{commit:?}"), lmem, commit);
         for &split in splits {
             let mut c = Client::connect_with(&d.sockets[0], split as u32).unwrap();
             c.write32(region::BAR0, 0x190240, 0).unwrap();
@@ -150,13 +148,7 @@ fn a_write_rejected_mid_message_keeps_the_connection_in_step() {
     let dir = tempfile::tempdir().unwrap();
     let a = host(&dir.path().join("a"), Platform::Bmg, 1, LMEM);
     for commit in [Commit::Lazy, Commit::Reserved] {
-        let b = host_committed(
-            &dir.path().join(format!("b{commit:?}")),
-            Platform::Bmg,
-            1,
-            LMEM,
-            commit,
-        );
+        let b = bmg(&dir, format!("b{commit:?}"), LMEM, commit);
         let mut s = Client::connect(&a.sockets[0]).unwrap();
         fill(&mut s);
         let mut stream = save(&mut s, 1 << 20);
@@ -197,13 +189,7 @@ fn a_write_rejected_mid_message_keeps_the_connection_in_step() {
 fn a_save_failure_is_an_error_reply() {
     let dir = tempfile::tempdir().unwrap();
     for commit in [Commit::Lazy, Commit::Reserved] {
-        let a = host_committed(
-            &dir.path().join(format!("a{commit:?}")),
-            Platform::Bmg,
-            1,
-            LMEM,
-            commit,
-        );
+        let a = bmg(&dir, format!("a{commit:?}"), LMEM, commit);
         a.pf.faults()
             .inject(1, Some(1), GucOp::SaveState, Fault::Fail(Errno::EPROTO), 1);
         let mut c = Client::connect(&a.sockets[0]).unwrap();
@@ -223,13 +209,7 @@ fn a_save_failure_is_an_error_reply() {
 #[test]
 fn relay_splices_or_copies_the_same_and_recovers_from_refusal() {
     let dir = tempfile::tempdir().unwrap();
-    let a = host_committed(
-        &dir.path().join("a"),
-        Platform::Bmg,
-        1,
-        LMEM,
-        Commit::Reserved,
-    );
+    let a = bmg(&dir, "a", LMEM, Commit::Reserved);
     let b = host(&dir.path().join("b"), Platform::Bmg, 1, LMEM);
     let mut src = Client::connect(&a.sockets[0]).unwrap();
     fill(&mut src);
@@ -279,13 +259,7 @@ fn relay_splices_or_copies_the_same_and_recovers_from_refusal() {
 #[test]
 fn a_bad_write_size_is_refused_in_step() {
     let dir = tempfile::tempdir().unwrap();
-    let b = host_committed(
-        &dir.path().join("b"),
-        Platform::Bmg,
-        1,
-        LMEM,
-        Commit::Reserved,
-    );
+    let b = bmg(&dir, "b", LMEM, Commit::Reserved);
     let mut c = Client::connect(&b.sockets[0]).unwrap();
     c.set_device_state(DeviceState::Stop).unwrap();
     c.set_device_state(DeviceState::Resuming).unwrap();
@@ -304,13 +278,7 @@ fn a_bad_write_size_is_refused_in_step() {
 fn a_client_hanging_up_mid_reply_is_survived() {
     let dir = tempfile::tempdir().unwrap();
     for commit in [Commit::Lazy, Commit::Reserved] {
-        let a = host_committed(
-            &dir.path().join(format!("a{commit:?}")),
-            Platform::Bmg,
-            1,
-            64 << 20,
-            commit,
-        );
+        let a = bmg(&dir, format!("a{commit:?}"), 64 << 20, commit);
         {
             let mut c = Client::connect(&a.sockets[0]).unwrap();
             c.set_device_state(DeviceState::StopCopy).unwrap();
@@ -380,13 +348,7 @@ fn dying_destination(path: &std::path::Path) -> std::thread::JoinHandle<()> {
 #[test]
 fn relay_failures_leave_the_source_usable() {
     let dir = tempfile::tempdir().unwrap();
-    let a = host_committed(
-        &dir.path().join("a"),
-        Platform::Bmg,
-        1,
-        64 << 20,
-        Commit::Reserved,
-    );
+    let a = bmg(&dir, "a", 64 << 20, Commit::Reserved);
     let mut src = Client::connect(&a.sockets[0]).unwrap();
     fill(&mut src);
     let before = lmem_sized(&mut src, 64 << 20);

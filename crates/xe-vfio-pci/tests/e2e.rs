@@ -201,20 +201,27 @@ fn reset_racing_set_state_never_deadlocks() {
     let host = pf(Platform::Ptl, 1, 0);
     let dev = Arc::new(bound(&host, 1));
     let stop = Arc::new(AtomicBool::new(false));
+    // Both threads start together, and the racer always makes at least one request, however
+    // the two cores are scheduled.
+    let start = Arc::new(std::sync::Barrier::new(2));
     let racer = {
-        let (dev, stop) = (dev.clone(), stop.clone());
+        let (dev, stop, start) = (dev.clone(), stop.clone(), start.clone());
         std::thread::spawn(move || {
+            start.wait();
             let mut n = 0u32;
-            while !stop.load(Ordering::Relaxed) {
+            loop {
                 let core = dev.migration().unwrap();
                 let _ = core.set_state(if n % 2 == 0 { S::Stop } else { S::Running });
                 n += 1;
+                if stop.load(Ordering::Relaxed) {
+                    return n;
+                }
             }
-            n
         })
     };
     let dev2 = dev.clone();
     let resets = std::thread::spawn(move || {
+        start.wait();
         for _ in 0..10_000 {
             dev2.migration().unwrap().reset_done();
         }

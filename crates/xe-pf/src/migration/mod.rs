@@ -137,38 +137,40 @@ pub(crate) fn resume_data_exit(pf: &XePf, vf: &Vf) -> Result<(), Errno> {
     r
 }
 
+/// The VF's open save session; `EINVAL` if none.
+fn save_session(vf: &Vf) -> Result<Arc<SaveSession>, Errno> {
+    match &*lock(&vf.mig) {
+        Session::Save(s) => Ok(s.clone()),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+/// The VF's open restore session; `EINVAL` if none.
+fn restore_session(vf: &Vf) -> Result<Arc<std::sync::Mutex<RestoreSession>>, Errno> {
+    match &*lock(&vf.mig) {
+        Session::Restore(s) => Ok(s.clone()),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
 pub(crate) fn data_read(vf: &Vf, buf: &mut [u8]) -> Result<usize, Errno> {
-    let s = match &*lock(&vf.mig) {
-        Session::Save(s) => s.clone(),
-        _ => return Err(Errno::EINVAL),
-    };
-    s.read(buf)
+    save_session(vf)?.read(buf)
 }
 
 pub(crate) fn data_read_to(vf: &Vf, max: usize, sink: &mut dyn DataSink) -> Result<usize, Errno> {
-    let s = match &*lock(&vf.mig) {
-        Session::Save(s) => s.clone(),
-        _ => return Err(Errno::EINVAL),
-    };
-    s.read_to(max, sink)
-}
-
-pub(crate) fn data_write_from(vf: &Vf, n: usize, source: &mut dyn DataSource) -> Result<(), Errno> {
-    let s = match &*lock(&vf.mig) {
-        Session::Restore(s) => s.clone(),
-        _ => return Err(Errno::EINVAL),
-    };
-    let mut g = lock(&s);
-    g.write_from(n, source)
+    save_session(vf)?.read_to(max, sink)
 }
 
 pub(crate) fn data_write(vf: &Vf, buf: &[u8]) -> Result<usize, Errno> {
-    let s = match &*lock(&vf.mig) {
-        Session::Restore(s) => s.clone(),
-        _ => return Err(Errno::EINVAL),
-    };
+    let s = restore_session(vf)?;
     let mut g = lock(&s);
     g.write(buf)
+}
+
+pub(crate) fn data_write_from(vf: &Vf, n: usize, source: &mut dyn DataSource) -> Result<(), Errno> {
+    let s = restore_session(vf)?;
+    let mut g = lock(&s);
+    g.write_from(n, source)
 }
 
 /// Per-item sizes of a save of `vf`, over GTs: (GUC, MMIO, GGTT, VRAM) payload bytes.

@@ -40,7 +40,7 @@ pub fn demo() -> Result<(), CliError> {
         platform: Platform::Bmg,
         vfs,
         lmem_per_vf: LMEM,
-        lmem_commit: Commit::Lazy,
+        lmem_commit: Commit::Reserved,
     };
     let a = start_host(&spec(2), &dir.path().join("host-a"), &stop, &opts)?;
     let b = start_host(&spec(3), &dir.path().join("host-b"), &stop, &opts)?;

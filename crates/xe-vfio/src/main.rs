@@ -48,10 +48,10 @@ enum Cmd {
         /// LMEM quota of each VF (discrete parts), e.g. 512M, 4G.
         #[arg(long, value_parser = parse_size, default_value = "256M")]
         lmem_per_vf: u64,
-        /// LMEM commit: lazy (pages appear when written; costs only what is used) or reserved
-        /// (all committed and mapped at start, as VRAM is reserved at provisioning: faster
-        /// migration, the whole LMEM resident).
-        #[arg(long, default_value = "lazy")]
+        /// LMEM commit: reserved (all committed and mapped at start, as VRAM is reserved at
+        /// provisioning: migration at memory speed, the whole LMEM resident) or lazy (pages
+        /// appear when written; costs only what is used: for large, sparse setups).
+        #[arg(long, default_value = "reserved")]
         lmem_commit: Commit,
         /// Offer PRE_COPY (not implemented yet: refused with an error).
         #[arg(long)]

@@ -42,6 +42,9 @@ pub fn start_host(
         lmem_commit,
     } = spec;
     let lmem = if platform.has_vram() { lmem_per_vf } else { 0 };
+    if lmem_commit == Commit::Reserved {
+        check_memory(lmem.saturating_mul(u64::from(vfs)))?;
+    }
     let mut cfg = PfConfig::sized_for(platform, vfs, lmem)
         .ctx(|| format!("sizing the {platform} PF for {vfs} VFs"))?;
     cfg.lmem_commit = lmem_commit;
@@ -79,6 +82,52 @@ pub fn start_host(
         sockets,
         threads,
     })
+}
+
+/// Reserved LMEM is committed at provisioning: refuse up front when the machine cannot hold it,
+/// rather than be killed by the OOM killer half-way through committing it.
+fn check_memory(needed: u64) -> Result<(), CliError> {
+    let Some(available) = available_memory() else {
+        return Ok(()); // Unknown: provisioning itself still fails cleanly with ENOMEM.
+    };
+    if needed > available {
+        return Err(CliError::new(format!(
+            "reserved LMEM needs {} but only {} of memory is available",
+            human(needed),
+            human(available)
+        ))
+        .hint("use --lmem-commit lazy (pages are committed only when written), less --lmem-per-vf or fewer --vfs"));
+    }
+    Ok(())
+}
+
+/// Memory this process can still commit: `MemAvailable`, bounded by the cgroup v2 limit.
+fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let mut avail = kib.saturating_mul(1024);
+    if let Some(cg) = cgroup_headroom() {
+        avail = avail.min(cg);
+    }
+    Some(avail)
+}
+
+/// `memory.max − memory.current` of this process's cgroup (v2), if it has a limit.
+fn cgroup_headroom() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/'));
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+    let max: u64 = read("memory.max")?.trim().parse().ok()?; // "max" (no limit) fails here
+    let cur: u64 = read("memory.current")?.trim().parse().ok()?;
+    Some(max.saturating_sub(cur))
 }
 
 /// `serve`: runs until SIGTERM or SIGINT, then removes the sockets.

@@ -9,7 +9,7 @@
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Arc, OnceLock};
 use vfio_core::{DataSource, Errno};
-use xe_pf::mem::Commit;
+use xe_pf::hw::mem::Commit;
 use xe_pf::pf::VfProvision;
 use xe_pf::{PfConfig, Platform, SriovVfio, XePf};
 
@@ -53,8 +53,8 @@ fn prefix() -> &'static [u8] {
     static P: OnceLock<Vec<u8>> = OnceLock::new();
     P.get_or_init(|| {
         xe_pf::migration::wire::Descriptor {
-            device_id: Platform::Bmg.default_device_id(),
-            revision: Platform::Bmg.default_revision(),
+            device_id: Platform::Bmg.default_device_id().into(),
+            revision: Platform::Bmg.default_revision().into(),
             unknown: vec![],
         }
         .packet()
@@ -84,7 +84,7 @@ fuzz_target!(|data: &[u8]| {
         let chunk = &stream[at..at + n];
         if from_source {
             let mut feed = Feed { data: chunk, taken: 0 };
-            match pf.data_write_from(1, n, &mut feed).unwrap() {
+            match pf.data_write_from(1, n, &mut feed) {
                 Ok(()) => assert_eq!(feed.taken, n),
                 Err(_) => break,
             }

@@ -11,21 +11,20 @@
 //!   implemented once here for every driver (the core-level fix upstream reviewers asked for).
 //! - [`SaveStream`] / [`ResumeStream`]: sequential streams with their own lock and disable flag.
 //! - [`VfioDevice`]: the device API served over vfio-user.
-//! - [`Errno`]: Linux errno values, because errors cross the wire as errno.
+//! - [`Errno`], [`DataSink`], [`DataSource`]: re-exported from the leaf crate `mig-io`.
 //!
 //! This crate knows nothing of PCI or of Xe.
 
 mod core;
 pub mod device;
-mod errno;
 mod stream;
 mod sync;
 mod uapi;
 
 pub use crate::core::{MigrationCore, MigrationOps, ResetOutcome, StateGuard};
 pub use device::{DeviceInfo, IrqInfo, RegionInfo, VfioDevice};
-pub use errno::Errno;
-pub use stream::{
-    DataSink, DataSource, DataStream, MigStream, ResumeData, ResumeStream, SaveData, SaveStream,
+pub use mig_io::{
+    read_into, write_from_slice, DataSink, DataSource, Errno, SliceSink, SliceSource,
 };
+pub use stream::{DataStream, MigStream, ResumeData, ResumeStream, SaveData, SaveStream};
 pub use uapi::{next_state, path, DeviceState, MigrationFlags};

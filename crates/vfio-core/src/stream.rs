@@ -6,61 +6,23 @@
 //! reset), every later access fails with `ENODEV` and the driver's data source is dropped.
 //! Positioned access is refused with `ESPIPE`, like a read at an offset on the kernel's fd.
 //!
-//! Besides `read`/`write` through a caller's buffer, a driver may move bytes straight between
-//! its device memory and a transport: [`SaveData::read_to`] hands slices to a [`DataSink`],
-//! [`ResumeData::write_from`] fills its memory from a [`DataSource`]. A vfio-user server uses
-//! them to send and receive migration data without a copy through its own buffers; drivers
-//! that do not implement them keep the buffered path.
+//! Bytes move one way at every layer: a driver writes its save stream into a [`DataSink`]
+//! ([`SaveData::read_to`]) and reads its resume stream from a [`DataSource`]
+//! ([`ResumeData::write_from`]). A vfio-user server passes its socket as the sink or source, so
+//! migration data needs no buffer of its own; `read` and `write` through a caller's buffer are
+//! the slice adapters of `mig-io`, the same for every driver.
 
 use crate::sync::{lock, Arc, Mutex};
 use crate::Errno;
-use std::os::fd::BorrowedFd;
-
-/// Takes save-stream bytes as a driver produces them (a transport, usually a socket).
-pub trait DataSink {
-    /// Called once, before any `put`: exactly `n` bytes follow.
-    fn begin(&mut self, n: usize) -> Result<(), Errno>;
-    /// Takes the next bytes. A transport failure is returned as `EPIPE`; the sink keeps the
-    /// details for its owner.
-    fn put(&mut self, bytes: &[u8]) -> Result<(), Errno>;
-    /// Takes `len` bytes of the file `fd` at `offset` (device memory the driver keeps in a
-    /// file), for a transport that can pass file pages on without copying them. `Ok(false)`
-    /// (the default): not supported, nothing was taken; use `put`. The pages may be read
-    /// after this returns, so the driver must not change them while its stream is open —
-    /// true of a stopped device's memory.
-    fn put_file(&mut self, fd: BorrowedFd<'_>, offset: u64, len: usize) -> Result<bool, Errno> {
-        let _ = (fd, offset, len);
-        Ok(false)
-    }
-    /// Room for the next `len` bytes in the sink itself, for a driver that must copy anyway
-    /// (the bytes then count as put). `None` (the default): use `put`.
-    fn space(&mut self, len: usize) -> Option<&mut [u8]> {
-        let _ = len;
-        None
-    }
-}
-
-/// Supplies resume-stream bytes from a transport.
-pub trait DataSource {
-    /// Fills all of `buf` with the next bytes. A transport failure is returned as `EPIPE`;
-    /// the source keeps the details for its owner.
-    fn fill(&mut self, buf: &mut [u8]) -> Result<(), Errno>;
-}
+use mig_io::{DataSink, DataSource};
 
 /// The driver side of a save stream.
 pub trait SaveData: Send {
-    /// Fills `buf` with the next bytes of the stream; `Ok(0)` means the end. May block while the
-    /// producer is behind.
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Errno>;
-
-    /// Like `read` of `max` bytes, but the bytes go to `sink` without a caller's buffer:
-    /// `sink.begin(n)` once (`n < max` means the end), then `put`s of exactly `n` bytes in all.
-    /// An error before `begin` is a plain read error; an error after it leaves the transport
-    /// mid-message. `None`: not supported, use `read`.
-    fn read_to(&mut self, max: usize, sink: &mut dyn DataSink) -> Option<Result<usize, Errno>> {
-        let _ = (max, sink);
-        None
-    }
+    /// Hands the next bytes of the stream, at most `max`, to `sink`: `sink.begin(n)` once
+    /// (`n < max` means the end; `0` at the end), then `put`s of exactly `n` bytes in all. May
+    /// block while the producer is behind. An error before `begin` is a plain read error; an
+    /// error after it leaves the transport in the middle of a message.
+    fn read_to(&mut self, max: usize, sink: &mut dyn DataSink) -> Result<usize, Errno>;
 
     /// `(initial_bytes, dirty_bytes)` while in PRE_COPY (`VFIO_MIG_GET_PRECOPY_INFO`).
     /// Devices without PRE_COPY keep the default (`ENOTTY`, like the kernel's ioctl).
@@ -71,16 +33,9 @@ pub trait SaveData: Send {
 
 /// The driver side of a resume stream.
 pub trait ResumeData: Send {
-    /// Consumes bytes of the stream; returns how many were accepted (all of them, or an error).
-    fn write(&mut self, buf: &[u8]) -> Result<usize, Errno>;
-
-    /// Like `write` of the next `n` bytes of `source`, without a caller's buffer. On error,
-    /// some of the `n` bytes may remain unread in the source. `None`: not supported (nothing
-    /// was read), use `write`.
-    fn write_from(&mut self, n: usize, source: &mut dyn DataSource) -> Option<Result<(), Errno>> {
-        let _ = (n, source);
-        None
-    }
+    /// Consumes the next `n` bytes of `source`, all of them or an error. On error, some of the
+    /// `n` bytes may remain unread in the source.
+    fn write_from(&mut self, n: usize, source: &mut dyn DataSource) -> Result<(), Errno>;
 }
 
 /// What a variant's arc returns when it opens a session.
@@ -150,20 +105,18 @@ impl SaveStream {
         SaveStream(Shared::new(data))
     }
 
-    /// Reads the next bytes; 0 at the end of the data; `ENODEV` once the session ended.
+    /// [`SaveData::read_to`] under the stream's lock; `ENODEV` once the session ended.
+    pub fn read_to(&self, max: usize, sink: &mut dyn DataSink) -> Result<usize, Errno> {
+        self.0.with(|d| d.read_to(max, sink))
+    }
+
+    /// Reads the next bytes into `buf`; 0 at the end of the data; `ENODEV` once the session
+    /// ended.
     pub fn read(&self, buf: &mut [u8]) -> Result<usize, Errno> {
-        self.0.with(|d| d.read(buf))
+        mig_io::read_into(buf, |max, sink| self.read_to(max, sink))
     }
 
     /// A positioned read: always `ESPIPE` (the stream has no offsets).
-    /// [`SaveData::read_to`] under the stream's lock; `Some(Err(ENODEV))` once disabled.
-    pub fn read_to(&self, max: usize, sink: &mut dyn DataSink) -> Option<Result<usize, Errno>> {
-        match self.0.with(|d| Ok(d.read_to(max, sink))) {
-            Ok(r) => r,
-            Err(e) => Some(Err(e)),
-        }
-    }
-
     pub fn read_at(&self, _offset: u64, _buf: &mut [u8]) -> Result<usize, Errno> {
         Err(Errno::ESPIPE)
     }
@@ -189,32 +142,17 @@ impl ResumeStream {
         ResumeStream(Shared::new(data))
     }
 
-    /// Writes bytes; `ENODEV` once the session ended.
-    pub fn write(&self, buf: &[u8]) -> Result<usize, Errno> {
-        self.0.with(|d| d.write(buf))
+    /// [`ResumeData::write_from`] under the stream's lock; `ENODEV` once the session ended.
+    pub fn write_from(&self, n: usize, source: &mut dyn DataSource) -> Result<(), Errno> {
+        self.0.with(|d| d.write_from(n, source))
     }
 
-    /// Writes every byte of `buf`, or fails.
-    pub fn write_all(&self, mut buf: &[u8]) -> Result<(), Errno> {
-        while !buf.is_empty() {
-            let n = self.write(buf)?;
-            if n == 0 || n > buf.len() {
-                return Err(Errno::EIO);
-            }
-            buf = &buf[n..];
-        }
-        Ok(())
+    /// Writes all of `buf` (returning its length) or fails; `ENODEV` once the session ended.
+    pub fn write(&self, buf: &[u8]) -> Result<usize, Errno> {
+        mig_io::write_from_slice(buf, |n, source| self.write_from(n, source))
     }
 
     /// A positioned write: always `ESPIPE`.
-    /// [`ResumeData::write_from`] under the stream's lock; `Some(Err(ENODEV))` once disabled.
-    pub fn write_from(&self, n: usize, source: &mut dyn DataSource) -> Option<Result<(), Errno>> {
-        match self.0.with(|d| Ok(d.write_from(n, source))) {
-            Ok(r) => r,
-            Err(e) => Some(Err(e)),
-        }
-    }
-
     pub fn write_at(&self, _offset: u64, _buf: &[u8]) -> Result<usize, Errno> {
         Err(Errno::ESPIPE)
     }

@@ -3,8 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 use vfio_core::{
-    DataStream, DeviceState as S, Errno, MigrationCore, MigrationFlags, MigrationOps, ResetOutcome,
-    ResumeData, SaveData,
+    DataSink, DataSource, DataStream, DeviceState as S, Errno, MigrationCore, MigrationFlags,
+    MigrationOps, ResetOutcome, ResumeData, SaveData,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,9 +36,10 @@ struct Src {
     dropped: Arc<Mutex<u32>>,
 }
 impl SaveData for Src {
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Errno> {
-        let n = buf.len().min(self.data.len() - self.pos);
-        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+    fn read_to(&mut self, max: usize, sink: &mut dyn DataSink) -> Result<usize, Errno> {
+        let n = max.min(self.data.len() - self.pos);
+        sink.begin(n)?;
+        sink.put(&self.data[self.pos..self.pos + n])?;
         self.pos += n;
         Ok(n)
     }
@@ -50,9 +51,11 @@ impl Drop for Src {
 }
 struct Sink(Arc<Mutex<Log>>);
 impl ResumeData for Sink {
-    fn write(&mut self, buf: &[u8]) -> Result<usize, Errno> {
-        self.0.lock().unwrap().written.extend_from_slice(buf);
-        Ok(buf.len())
+    fn write_from(&mut self, n: usize, source: &mut dyn DataSource) -> Result<(), Errno> {
+        let mut buf = vec![0; n];
+        source.fill(&mut buf)?;
+        self.0.lock().unwrap().written.extend_from_slice(&buf);
+        Ok(())
     }
 }
 
@@ -223,7 +226,7 @@ fn resume_stream_is_disabled_on_leaving_resuming() {
         .unwrap()
         .into_resume()
         .unwrap();
-    r.write_all(b"hello").unwrap();
+    assert_eq!(r.write(b"hello"), Ok(5));
     assert_eq!(r.write_at(3, b"x").unwrap_err(), Errno::ESPIPE);
     c.set_state(S::Running).unwrap();
     assert_eq!(r.write(b"late").unwrap_err(), Errno::ENODEV);

@@ -7,8 +7,8 @@ use shuttle::sync::mpsc;
 use shuttle::sync::{Arc, Mutex};
 use shuttle::thread;
 use vfio_core::{
-    DataStream, DeviceState as S, Errno, MigStream, MigrationCore, MigrationFlags, MigrationOps,
-    ResetOutcome, SaveData,
+    DataSink, DataStream, DeviceState as S, Errno, MigStream, MigrationCore, MigrationFlags,
+    MigrationOps, ResetOutcome, SaveData,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,12 +28,14 @@ struct Mock {
 
 struct Bytes(u8);
 impl SaveData for Bytes {
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Errno> {
-        if self.0 == 0 || buf.is_empty() {
+    fn read_to(&mut self, max: usize, sink: &mut dyn DataSink) -> Result<usize, Errno> {
+        if self.0 == 0 || max == 0 {
+            sink.begin(0)?;
             return Ok(0);
         }
         self.0 -= 1;
-        buf[0] = 0xa5;
+        sink.begin(1)?;
+        sink.put(&[0xa5])?;
         Ok(1)
     }
 }

@@ -476,7 +476,7 @@ impl<'a> Conn<'a> {
             began: false,
             err: None,
         };
-        Some(match s.read_to(size as usize, &mut sink)? {
+        Some(match s.read_to(size as usize, &mut sink) {
             Ok(_) => sink.flush(),
             Err(e) if !sink.began => {
                 tracing::debug!(command = h.command, %e, "error reply");
@@ -507,7 +507,7 @@ impl<'a> Conn<'a> {
             left: size,
             err: None,
         };
-        let res = r.write_from(size, &mut src)?;
+        let res = r.write_from(size, &mut src);
         if let Some(e) = src.err.take() {
             return Some(Err(e));
         }
@@ -703,7 +703,7 @@ impl<'a> Conn<'a> {
                 let Some(MigStream::Resume(r)) = &self.mig else {
                     return Err(Errno::EINVAL);
                 };
-                r.write_all(data)?;
+                r.write(data)?;
             }
             Request::Unsupported(c) => {
                 tracing::debug!(command = c, "unsupported command");

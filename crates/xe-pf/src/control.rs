@@ -18,14 +18,14 @@
 //! runtime state cleared, whatever state it was in, so it is the way out of every failure.
 //! Results over GTs: the first error is reported; a second, different one makes it `EUCLEAN`.
 
-use crate::guc::{Fault, Faults, GucOp};
+use crate::hw::guc::{Fault, Faults, GucOp};
+use crate::hw::VfHw;
 use crate::sync::{lock, wait_until};
-use crate::vf::VfHw;
+use mig_io::Errno;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use vfio_core::Errno;
 
 /// The control state of a VF on one GT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,7 +173,9 @@ impl GtWorker {
                     tracing::warn!(vfid = req.vfid, gt = req.gt, op = ?req.op, "GuC did not answer");
                     return Some(req.reply);
                 }
-                Some(Fault::Fail(e)) => break Err(e),
+                // A GT worker never dies: an injected panic is a failure here (only the save
+                // producers really panic, see `migration::save`).
+                Some(f @ (Fault::Fail(_) | Fault::Panic)) => break Err(f.errno()),
             }
         };
         if result.is_ok() {

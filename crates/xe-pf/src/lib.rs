@@ -24,18 +24,14 @@
 //! operation in progress, releases it, and waits for the GT worker's answer with a timeout.
 
 pub mod control;
-pub mod ggtt;
-pub mod guc;
-pub mod mem;
+pub mod hw;
 pub mod migration;
 pub mod pf;
 pub mod platform;
 pub mod sriov_vfio;
 mod sync;
-pub mod vf;
-pub mod workload;
 
-pub use guc::{Fault, GucOp, GucVersion};
+pub use hw::guc::{Fault, GucOp, GucVersion};
 pub use pf::{PfConfig, Timeouts, XePf};
 pub use platform::Platform;
 pub use sriov_vfio::SriovVfio;

@@ -2,15 +2,15 @@
 
 pub use crate::control::Timeouts;
 use crate::control::{Control, CtlState, GtWorker, VfCtl};
-use crate::ggtt::{GgttAllocator, GgttRange};
-use crate::guc::{Faults, GucVersion};
-use crate::mem::{Backing, Commit};
-use crate::migration::Session;
+use crate::hw::ggtt::{GgttAllocator, GgttRange};
+use crate::hw::guc::{Faults, GucVersion};
+use crate::hw::mem::{Backing, Commit};
+use crate::hw::VfHw;
+use crate::migration::Sessions;
 use crate::platform::Platform;
 use crate::sync::lock;
-use crate::vf::VfHw;
+use mig_io::Errno;
 use std::sync::{Arc, Mutex, RwLock};
-use vfio_core::Errno;
 
 /// GGTT space the PF keeps for itself at the bottom of the GGTT.
 pub const PF_GGTT_RESERVED: u64 = 256 << 20;
@@ -45,7 +45,7 @@ pub struct PfConfig {
     /// The device runs the xe driver in SR-IOV PF mode (false: a native, non-PF device).
     pub sriov_pf: bool,
     /// How each VF's LMEM is committed: lazily (default), or reserved at provisioning and
-    /// mapped, as real VRAM is (see [`crate::mem::Commit`]).
+    /// mapped, as real VRAM is (see [`crate::hw::mem::Commit`]).
     pub lmem_commit: Commit,
 }
 
@@ -114,7 +114,7 @@ pub struct Vf {
     pub hw: Arc<VfHw>,
     pub(crate) ctl: Arc<VfCtl>,
     /// PF migration lock: the VF's save or restore session.
-    pub(crate) mig: Mutex<Session>,
+    pub(crate) mig: Sessions,
 }
 
 impl Vf {
@@ -320,7 +320,7 @@ impl XePf {
                 vfid,
                 hw,
                 ctl: VfCtl::new(self.gt_count()),
-                mig: Mutex::new(Session::None),
+                mig: Sessions::default(),
             }));
         }
         tracing::info!(n, lmem = prov.lmem, ggtt = prov.ggtt, "VFs enabled");
@@ -333,7 +333,7 @@ impl XePf {
         let vfs = std::mem::take(&mut *self.vfs.write().unwrap_or_else(|p| p.into_inner()));
         let mut alloc = lock(&self.ggtt);
         for vf in vfs {
-            crate::migration::cancel(&vf);
+            vf.mig.cancel();
             vf.hw.shutdown();
             alloc.free(vf.hw.ggtt());
         }
@@ -367,7 +367,7 @@ impl XePf {
     /// processing on every GT (completion: [`crate::SriovVfio::wait_flr_done`]).
     pub fn vf_flr_event(&self, vfid: u32) -> Result<(), Errno> {
         let vf = self.vf(vfid)?;
-        crate::migration::cancel(&vf);
+        vf.mig.cancel();
         self.control(&vf).flr_start()
     }
 }

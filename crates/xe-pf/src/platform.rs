@@ -3,8 +3,8 @@
 //! A VF's device id equals its PF's. Each tile has a primary GT (gt 0) and a media GT (gt 1);
 //! all three platforms have one tile. Only BMG is discrete (has VRAM, "LMEM").
 
+use mig_io::Errno;
 use std::fmt;
-use vfio_core::Errno;
 
 /// Intel's PCI vendor id.
 pub const INTEL_VENDOR_ID: u16 = 0x8086;

@@ -4,10 +4,11 @@
 //! (`EINVAL`). Results over GTs: pause/resume/stop report the first error (a second, different
 //! one → `EUCLEAN`); save and restore stop at the first error.
 
-use crate::migration;
+use crate::migration::wire::{Descriptor, HEADER_LEN};
+use crate::migration::{self, SaveParams, Target};
 use crate::pf::{Vf, XePf};
+use mig_io::{DataSink, DataSource, Errno};
 use std::sync::Arc;
-use vfio_core::{DataSink, DataSource, Errno};
 
 /// The PF's exported VF-migration calls. A trait so that a driver can be tested against a
 /// recording PF.
@@ -32,31 +33,22 @@ pub trait SriovVfio: Send + Sync {
     fn resume_data_exit(&self, vfid: u32) -> Result<(), Errno>;
     /// Stops the VF after an error; pause/save/restore are refused until an FLR.
     fn error(&self, vfid: u32) -> Result<(), Errno>;
-    /// Reads save-stream bytes; 0 at the end.
-    fn data_read(&self, vfid: u32, buf: &mut [u8]) -> Result<usize, Errno>;
-    /// Writes resume-stream bytes.
-    fn data_write(&self, vfid: u32, buf: &[u8]) -> Result<usize, Errno>;
-    /// Reads up to `max` save-stream bytes into a transport (see [`DataSink`]); `None` if
-    /// this PF only has the buffered `data_read`.
-    fn data_read_to(
-        &self,
-        vfid: u32,
-        max: usize,
-        sink: &mut dyn DataSink,
-    ) -> Option<Result<usize, Errno>> {
-        let _ = (vfid, max, sink);
-        None
-    }
-    /// Writes the next `n` resume-stream bytes from a transport (see [`DataSource`]); `None`
-    /// if this PF only has the buffered `data_write`.
+    /// Hands up to `max` save-stream bytes to `sink` (see [`DataSink`]); 0 at the end.
+    fn data_read_to(&self, vfid: u32, max: usize, sink: &mut dyn DataSink) -> Result<usize, Errno>;
+    /// Takes the next `n` resume-stream bytes from `source` (see [`DataSource`]).
     fn data_write_from(
         &self,
         vfid: u32,
         n: usize,
         source: &mut dyn DataSource,
-    ) -> Option<Result<(), Errno>> {
-        let _ = (vfid, n, source);
-        None
+    ) -> Result<(), Errno>;
+    /// Reads save-stream bytes into `buf`; 0 at the end (the slice adapter of `data_read_to`).
+    fn data_read(&self, vfid: u32, buf: &mut [u8]) -> Result<usize, Errno> {
+        mig_io::read_into(buf, |max, sink| self.data_read_to(vfid, max, sink))
+    }
+    /// Writes all of `buf` as resume-stream bytes (the slice adapter of `data_write_from`).
+    fn data_write(&self, vfid: u32, buf: &[u8]) -> Result<usize, Errno> {
+        mig_io::write_from_slice(buf, |n, source| self.data_write_from(vfid, n, source))
     }
     /// The estimated stop-copy stream size in bytes.
     fn stop_copy_size(&self, vfid: u32) -> Result<u64, Errno>;
@@ -73,8 +65,23 @@ impl XePf {
         self.vf(vfid)
     }
 
-    pub(crate) fn faults_arc(&self) -> Arc<crate::guc::Faults> {
-        self.faults_shared()
+    fn descriptor(&self) -> Descriptor {
+        Descriptor {
+            device_id: u32::from(self.device_id()),
+            revision: u32::from(self.revision()),
+            unknown: Vec::new(),
+        }
+    }
+
+    /// The exact length of the stream a save of VF `vfid` produces now (see
+    /// [`crate::migration`]).
+    pub fn stream_len(&self, vfid: u32) -> Result<u64, Errno> {
+        let vf = self.vf(vfid)?;
+        let chunks = vf.hw.lmem_size().div_ceil(self.config().vram_chunk);
+        Ok(migration::stop_copy_size(&vf.hw, self.gt_count())?
+            + self.descriptor().packet().len() as u64
+            + HEADER_LEN as u64
+            + HEADER_LEN as u64 * chunks.saturating_sub(1))
     }
 }
 
@@ -104,50 +111,69 @@ impl SriovVfio for XePf {
 
     fn stop_copy_enter(&self, vfid: u32) -> Result<(), Errno> {
         let vf = self.checked_vf(vfid)?;
-        migration::stop_copy_enter(self, &vf)
+        vf.mig.check_idle()?;
+        let ctl = self.control(&vf);
+        // GTs that did enter the save go back to Paused: a failed trigger changes nothing.
+        let started = ctl.save_trigger().and_then(|()| {
+            let p = SaveParams {
+                vfid,
+                gt_count: self.gt_count(),
+                descriptor: self.descriptor(),
+                vram_chunk: self.config().vram_chunk,
+            };
+            vf.mig.start_save(vf.hw.clone(), self.faults_shared(), p)
+        });
+        if started.is_err() {
+            ctl.session_finish();
+        }
+        started
     }
 
     fn stop_copy_exit(&self, vfid: u32) -> Result<(), Errno> {
         let vf = self.checked_vf(vfid)?;
-        migration::stop_copy_exit(self, &vf)
+        vf.mig.finish_save(vfid)?;
+        self.control(&vf).session_finish();
+        Ok(())
     }
 
     fn resume_data_enter(&self, vfid: u32) -> Result<(), Errno> {
         let vf = self.checked_vf(vfid)?;
-        migration::resume_data_enter(self, &vf)
+        vf.mig.check_idle()?;
+        let ctl = self.control(&vf);
+        let started = ctl.restore_trigger().and_then(|()| {
+            let t = Target {
+                vfid,
+                device_id: u32::from(self.device_id()),
+                revision: u32::from(self.revision()),
+                platform: self.platform(),
+            };
+            vf.mig.start_restore(vf.hw.clone(), self.faults_shared(), t)
+        });
+        if started.is_err() {
+            ctl.session_finish();
+        }
+        started
     }
 
     fn resume_data_exit(&self, vfid: u32) -> Result<(), Errno> {
         let vf = self.checked_vf(vfid)?;
-        migration::resume_data_exit(self, &vf)
+        let r = vf.mig.finish_restore();
+        self.control(&vf).session_finish();
+        if r.is_ok() {
+            vf.hw.set_migrated();
+            tracing::info!(vfid, "restore complete");
+        }
+        r
     }
 
     fn error(&self, vfid: u32) -> Result<(), Errno> {
         let vf = self.checked_vf(vfid)?;
-        migration::cancel(&vf);
+        vf.mig.cancel();
         self.control(&vf).stop()
     }
 
-    fn data_read(&self, vfid: u32, buf: &mut [u8]) -> Result<usize, Errno> {
-        let vf = self.checked_vf(vfid)?;
-        migration::data_read(&vf, buf)
-    }
-
-    fn data_write(&self, vfid: u32, buf: &[u8]) -> Result<usize, Errno> {
-        let vf = self.checked_vf(vfid)?;
-        migration::data_write(&vf, buf)
-    }
-
-    fn data_read_to(
-        &self,
-        vfid: u32,
-        max: usize,
-        sink: &mut dyn DataSink,
-    ) -> Option<Result<usize, Errno>> {
-        Some(
-            self.checked_vf(vfid)
-                .and_then(|vf| migration::data_read_to(&vf, max, sink)),
-        )
+    fn data_read_to(&self, vfid: u32, max: usize, sink: &mut dyn DataSink) -> Result<usize, Errno> {
+        self.checked_vf(vfid)?.mig.read_to(max, sink)
     }
 
     fn data_write_from(
@@ -155,15 +181,12 @@ impl SriovVfio for XePf {
         vfid: u32,
         n: usize,
         source: &mut dyn DataSource,
-    ) -> Option<Result<(), Errno>> {
-        Some(
-            self.checked_vf(vfid)
-                .and_then(|vf| migration::data_write_from(&vf, n, source)),
-        )
+    ) -> Result<(), Errno> {
+        self.checked_vf(vfid)?.mig.write_from(n, source)
     }
 
     fn stop_copy_size(&self, vfid: u32) -> Result<u64, Errno> {
         let vf = self.checked_vf(vfid)?;
-        migration::stop_copy_size(self, &vf)
+        migration::stop_copy_size(&vf.hw, self.gt_count())
     }
 }

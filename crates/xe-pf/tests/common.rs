@@ -2,9 +2,9 @@
 #![allow(dead_code)]
 
 use std::sync::Arc;
-use xe_pf::mem::{Backing, Commit};
+use xe_guest::{DirectAccess, Workload};
+use xe_pf::hw::mem::{Backing, Commit};
 use xe_pf::pf::VfProvision;
-use xe_pf::workload::{DirectAccess, Workload};
 use xe_pf::{PfConfig, Platform, SriovVfio, Timeouts, XePf};
 
 /// A PF of `platform` with `n` VFs of `lmem` bytes each (0 on integrated parts), short
@@ -42,7 +42,7 @@ pub fn workload(pf: &XePf, vfid: u32, seed: u64) -> Workload<DirectAccess> {
 }
 
 /// Runs FLR the way the variant driver does: event, then wait.
-pub fn flr(pf: &XePf, vfid: u32) -> Result<(), vfio_core::Errno> {
+pub fn flr(pf: &XePf, vfid: u32) -> Result<(), mig_io::Errno> {
     pf.flr_prepare(vfid)?;
     pf.vf_flr_event(vfid)?;
     pf.wait_flr_done(vfid)

@@ -2,11 +2,11 @@
 
 mod common;
 use common::*;
+use mig_io::Errno;
 use std::sync::Arc;
 use std::time::Duration;
-use vfio_core::Errno;
 use xe_pf::control::CtlState;
-use xe_pf::vf;
+use xe_pf::hw as vf;
 use xe_pf::{Fault, GucOp, PfConfig, Platform, SriovVfio, XePf};
 
 type Step = (

@@ -4,8 +4,8 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use std::time::Duration;
-use xe_pf::vf;
-use xe_pf::workload::Job;
+use xe_guest::Job;
+use xe_pf::hw as vf;
 use xe_pf::{Platform, SriovVfio};
 
 #[test]
@@ -68,7 +68,7 @@ fn paused_vf_records_doorbells_and_runs_them_after_resume() {
 }
 
 /// Polls a register until it has `want` (up to 10 s).
-fn wait_reg(hw: &xe_pf::vf::VfHw, off: u64, want: u32) -> u32 {
+fn wait_reg(hw: &xe_pf::hw::VfHw, off: u64, want: u32) -> u32 {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let v = hw.read_reg(off);
@@ -118,7 +118,7 @@ proptest! {
         // Map a few pages so jobs can reach memory.
         let base = hw.ggtt().base;
         for i in 0..8u64 {
-            let pte = xe_pf::ggtt::make_pte(i * 4096, true, 0);
+            let pte = xe_pf::hw::ggtt::make_pte(i * 4096, true, 0);
             hw.mmio_write(vf::GGTT_WINDOW + (base / 4096 + i) * 8, &pte.to_le_bytes()).unwrap();
         }
         let bytes: Vec<u8> = ring.iter().flat_map(|w| w.to_le_bytes()).collect();

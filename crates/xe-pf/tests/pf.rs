@@ -2,10 +2,10 @@
 
 mod common;
 use common::*;
-use vfio_core::Errno;
-use xe_pf::ggtt::{make_pte, pte_vfid, PTE_LM, PTE_PRESENT};
+use mig_io::Errno;
+use xe_pf::hw::ggtt::{make_pte, pte_vfid, PTE_LM, PTE_PRESENT};
+use xe_pf::hw::{self as vf, med_vf_sw_flag, vf_sw_flag};
 use xe_pf::pf::VfProvision;
-use xe_pf::vf::{self, med_vf_sw_flag, vf_sw_flag};
 use xe_pf::{GucVersion, PfConfig, Platform, SriovVfio, XePf};
 
 #[test]

@@ -26,8 +26,8 @@ use vfio_core::{
     MigrationOps, ResumeData, SaveData,
 };
 use vfio_pci_core::{Bar, PciDevice, PciIdentity, PciVariant};
+use xe_pf::hw::{VfHw, BAR0_SIZE};
 use xe_pf::platform::{Platform, INTEL_VENDOR_ID};
-use xe_pf::vf::{VfHw, BAR0_SIZE};
 use xe_pf::SriovVfio;
 
 /// PCI class of these VFs: display controller, "other".
@@ -102,21 +102,13 @@ struct SaveFile(Arc<dyn SriovVfio>, u32);
 struct ResumeFile(Arc<dyn SriovVfio>, u32);
 
 impl SaveData for SaveFile {
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Errno> {
-        self.0.data_read(self.1, buf)
-    }
-
-    fn read_to(&mut self, max: usize, sink: &mut dyn DataSink) -> Option<Result<usize, Errno>> {
+    fn read_to(&mut self, max: usize, sink: &mut dyn DataSink) -> Result<usize, Errno> {
         self.0.data_read_to(self.1, max, sink)
     }
 }
 
 impl ResumeData for ResumeFile {
-    fn write(&mut self, buf: &[u8]) -> Result<usize, Errno> {
-        self.0.data_write(self.1, buf)
-    }
-
-    fn write_from(&mut self, n: usize, source: &mut dyn DataSource) -> Option<Result<(), Errno>> {
+    fn write_from(&mut self, n: usize, source: &mut dyn DataSource) -> Result<(), Errno> {
         self.0.data_write_from(self.1, n, source)
     }
 }
@@ -335,7 +327,11 @@ impl PciVariant for XeVfioPci {
 
 /// LMEM behind BAR2: the quota is backed; the rest of the power-of-two BAR reads as zero and
 /// ignores writes. Returns the LMEM and how many of `len` bytes at `offset` fall in the quota.
-fn lmem_split(hw: &VfHw, offset: u64, len: usize) -> Result<(&xe_pf::mem::Backing, usize), Errno> {
+fn lmem_split(
+    hw: &VfHw,
+    offset: u64,
+    len: usize,
+) -> Result<(&xe_pf::hw::mem::Backing, usize), Errno> {
     let l = hw.lmem().ok_or(Errno::EINVAL)?;
     let n = l.size().saturating_sub(offset).min(len as u64) as usize;
     Ok((l, n))

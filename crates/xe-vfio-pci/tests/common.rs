@@ -2,7 +2,7 @@
 //! A recording PF and device builders.
 
 use std::sync::{Arc, Mutex};
-use vfio_core::{Errno, VfioDevice};
+use vfio_core::{DataSink, DataSource, Errno, VfioDevice};
 use vfio_pci_core::PciDevice;
 use xe_pf::pf::VfProvision;
 use xe_pf::{PfConfig, Platform, SriovVfio, Timeouts, XePf};
@@ -63,11 +63,11 @@ impl SriovVfio for Recorder {
         self.rec("error", v);
         self.pf.error(v)
     }
-    fn data_read(&self, v: u32, buf: &mut [u8]) -> Result<usize, Errno> {
-        self.pf.data_read(v, buf)
+    fn data_read_to(&self, v: u32, max: usize, sink: &mut dyn DataSink) -> Result<usize, Errno> {
+        self.pf.data_read_to(v, max, sink)
     }
-    fn data_write(&self, v: u32, buf: &[u8]) -> Result<usize, Errno> {
-        self.pf.data_write(v, buf)
+    fn data_write_from(&self, v: u32, n: usize, src: &mut dyn DataSource) -> Result<(), Errno> {
+        self.pf.data_write_from(v, n, src)
     }
     fn stop_copy_size(&self, v: u32) -> Result<u64, Errno> {
         self.rec("stop_copy_size", v);

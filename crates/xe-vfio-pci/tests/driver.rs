@@ -55,10 +55,7 @@ fn every_arc_makes_exactly_its_pf_call() {
         }
         data.extend_from_slice(&buf[..n]);
     }
-    assert_eq!(
-        data.len() as u64,
-        xe_pf::migration::stream_len(&pf, 2).unwrap()
-    );
+    assert_eq!(data.len() as u64, pf.stream_len(2).unwrap());
     set(&dev, S::Stop).unwrap();
     assert_eq!(rec.take(), ["stop_copy_exit(2)"]);
     assert_eq!(s.read(&mut buf), Err(Errno::ENODEV));
@@ -69,7 +66,7 @@ fn every_arc_makes_exactly_its_pf_call() {
         .into_resume()
         .unwrap();
     assert_eq!(rec.take(), ["resume_data_enter(2)"]);
-    r.write_all(&data).unwrap();
+    r.write(&data).unwrap();
     set(&dev, S::Stop).unwrap();
     assert_eq!(rec.take(), ["resume_data_exit(2)"]);
     set(&dev, S::Running).unwrap();
@@ -109,8 +106,7 @@ fn failing_resume_data_exit_keeps_resuming() {
         .unwrap()
         .into_resume()
         .unwrap();
-    r.write_all(&xe_pf::migration::wire::trailer()[..10])
-        .unwrap();
+    r.write(&xe_pf::migration::wire::trailer()[..10]).unwrap();
     assert_eq!(set(&dev, S::Stop).unwrap_err(), Errno::EIO);
     assert_eq!(dev.migration().unwrap().state(), S::Resuming);
     assert_eq!(
@@ -278,7 +274,7 @@ fn close_returns_the_vf_to_running() {
     let pf = pf(Platform::Bmg, 1, 1 << 20);
     let (dev, rec) = recorded(&pf, 1);
     let hw = dev.variant().hw().clone();
-    hw.write_reg(xe_pf::vf::vf_sw_flag(0), 9);
+    hw.write_reg(xe_pf::hw::vf_sw_flag(0), 9);
     // Closed in STOP_COPY: the save is cancelled and the VF resumed through the real arcs.
     set(&dev, S::StopCopy).unwrap();
     rec.take();
@@ -290,7 +286,7 @@ fn close_returns_the_vf_to_running() {
     );
     assert!(hw.engine_running());
     assert_eq!(
-        hw.read_reg(xe_pf::vf::vf_sw_flag(0)),
+        hw.read_reg(xe_pf::hw::vf_sw_flag(0)),
         9,
         "registers persist across close"
     );

@@ -8,8 +8,8 @@ use std::time::Duration;
 use vfio_core::device::region;
 use vfio_core::{DeviceState as S, Errno, VfioDevice};
 use vfio_pci_core::PciDevice;
-use xe_pf::vf;
-use xe_pf::workload::{GuestAccess, Workload};
+use xe_guest::{GuestAccess, Workload};
+use xe_pf::hw as vf;
 use xe_pf::{Fault, GucOp, Platform};
 use xe_vfio_pci::XeVfioPci;
 
@@ -108,7 +108,7 @@ fn live_migration_between_two_hosts_preserves_in_flight_work() {
         .into_resume()
         .unwrap();
     for chunk in stream.chunks(777_777) {
-        r.write_all(chunk).unwrap();
+        r.write(chunk).unwrap();
     }
     dst_core.set_state(S::Stop).unwrap();
 
@@ -121,7 +121,7 @@ fn live_migration_between_two_hosts_preserves_in_flight_work() {
     }
     let strip = |p: Vec<u64>| {
         p.into_iter()
-            .map(|x| xe_pf::ggtt::pte_with_vfid(x, 0))
+            .map(|x| xe_pf::hw::ggtt::pte_with_vfid(x, 0))
             .collect::<Vec<_>>()
     };
     assert_eq!(strip(sh.ptes()), strip(dh.ptes()));
@@ -129,7 +129,7 @@ fn live_migration_between_two_hosts_preserves_in_flight_work() {
         .ptes()
         .iter()
         .filter(|p| **p != 0)
-        .all(|p| xe_pf::ggtt::pte_vfid(*p) == 3));
+        .all(|p| xe_pf::hw::ggtt::pte_vfid(*p) == 3));
     assert_ne!(sh.ggtt().base, dh.ggtt().base, "different GGTT base on B");
 
     dst_core.set_state(S::Running).unwrap();

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vfio_core::device::region;
 use vfio_user::Client;
-use xe_pf::mem::Commit;
+use xe_pf::hw::mem::Commit;
 use xe_pf::pf::VfProvision;
 use xe_pf::{PfConfig, Platform, SriovVfio, XePf};
 
@@ -97,7 +97,7 @@ fn memcpy_baseline() -> f64 {
 /// memfd, like an emulated LMEM). Every restore pays this on the destination; on a VM it
 /// includes the hypervisor backing the pages.
 fn first_touch_baseline(n: u64) -> Result<f64, CliError> {
-    let m = xe_pf::mem::Backing::new("first-touch", n).ctx(|| "creating a memfd".into())?;
+    let m = xe_pf::hw::mem::Backing::new("first-touch", n).ctx(|| "creating a memfd".into())?;
     let buf: Vec<u8> = (0..CHUNK).map(|i| (i as u8) | 1).collect();
     let t = Instant::now();
     let mut at = 0u64;

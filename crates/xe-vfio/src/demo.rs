@@ -14,9 +14,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vfio_user::{Client, ServerOptions};
-use xe_pf::mem::Commit;
-use xe_pf::vf;
-use xe_pf::workload::{GuestAccess, Workload};
+use xe_guest::{GuestAccess, Workload};
+use xe_pf::hw as vf;
+use xe_pf::hw::mem::Commit;
 use xe_pf::Platform;
 
 const LMEM: u64 = 256 << 20;

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use util::{human, parse_size, CliError, Context};
 use vfio_user::Client;
-use xe_pf::mem::Commit;
+use xe_pf::hw::mem::Commit;
 use xe_pf::migration::inspect::inspect;
 use xe_pf::Platform;
 
@@ -259,10 +259,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 fn print_inspection(file: &std::path::Path, i: &xe_pf::migration::inspect::Inspection, json: bool) {
-    let platform = i
-        .descriptor
-        .as_ref()
-        .and_then(|d| Platform::from_pci_id(0x8086, d.device_id).ok());
+    let platform = i.descriptor.as_ref().and_then(|d| d.platform());
     if json {
         let totals: Vec<_> = i
             .totals
@@ -284,8 +281,22 @@ fn print_inspection(file: &std::path::Path, i: &xe_pf::migration::inspect::Inspe
             "totals": totals,
             "vram_coverage": i.vram_coverage,
             "vram_gaps": i.vram_gaps,
+            "vram_resent": i.vram_resent,
+            "flagged_packets": i.flagged,
+            "xe_stream": i.is_xe_stream(),
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return;
+    }
+    if !i.is_xe_stream() {
+        let size = std::fs::metadata(file).map_or(i.total_bytes, |m| m.len());
+        println!(
+            "{}: not an Xe SR-IOV migration stream ({size} bytes, opaque to this tool)",
+            file.display()
+        );
+        if let Some((_, e)) = &i.error {
+            println!("  its first 24 bytes are no version-1 packet header: {e}");
+        }
         return;
     }
     println!(
@@ -341,6 +352,18 @@ fn print_inspection(file: &std::path::Path, i: &xe_pf::migration::inspect::Inspe
         for (s, e) in &i.vram_gaps {
             println!("    gap {s:#x}..{e:#x} ({})", human(e - s));
         }
+        if i.vram_resent > 0 {
+            println!(
+                "  VRAM: {} sent more than once (later packets replace earlier ones)",
+                human(i.vram_resent)
+            );
+        }
+    }
+    if i.flagged > 0 {
+        println!(
+            "  {} packet(s) with non-zero header flags (ignored, as upstream does)",
+            i.flagged
+        );
     }
 }
 

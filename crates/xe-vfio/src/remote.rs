@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use vfio_core::device::region;
 use vfio_core::Errno;
 use vfio_user::Client;
-use xe_pf::workload::GuestAccess;
+use xe_guest::GuestAccess;
 
 /// Guest MMIO and LMEM accesses as REGION_READ/WRITE on a shared client.
 #[derive(Clone)]

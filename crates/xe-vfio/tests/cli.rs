@@ -72,7 +72,7 @@ fn migrate_between_two_serve_processes() {
     assert!(back == data, "LMEM differs on the destination");
     assert_eq!(d.read32(region::BAR0, 0x190240).unwrap(), 0x1234_5678);
     assert_eq!(d.read32(region::BAR0, 0x19031c).unwrap(), 0x9abc_def0);
-    assert_eq!(d.read32(region::BAR0, xe_pf::vf::MIGRATED).unwrap(), 1);
+    assert_eq!(d.read32(region::BAR0, xe_pf::hw::MIGRATED).unwrap(), 1);
     drop(d);
 
     // Clean exit on SIGTERM, sockets removed.
@@ -184,7 +184,18 @@ fn save_inspect_restore_round_trip() {
     std::fs::write(&bad, &bytes).unwrap();
     let out = xe_vfio(&["inspect", bad.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("INVALID at byte 0"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("not an Xe SR-IOV migration stream"), "{text}");
+    assert!(text.contains(&format!("({} bytes", bytes.len())), "{text}");
+    // Corrupt the second packet's version instead (the descriptor packet is 24 + 16 bytes).
+    let mut bytes2 = std::fs::read(&file).unwrap();
+    bytes2[40] = 7;
+    let bad2 = dir.path().join("bad2.xemig");
+    std::fs::write(&bad2, &bytes2).unwrap();
+    let out = xe_vfio(&["inspect", bad2.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("INVALID at byte 40"), "{text}");
     drop(c);
     let out = xe_vfio(&[
         "restore",

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vfio_core::VfioDevice;
 use vfio_user::{Server, ServerOptions};
-use xe_pf::mem::Commit;
+use xe_pf::hw::mem::Commit;
 use xe_pf::pf::VfProvision;
 use xe_pf::{PfConfig, Platform, XePf};
 use xe_vfio_pci::{PciFunction, XeVfioPci};

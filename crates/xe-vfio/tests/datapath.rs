@@ -10,7 +10,7 @@ use vfio_core::device::region;
 use vfio_core::{DeviceState, Errno};
 use vfio_user::msg::{self, cmd, Header, Payload, HEADER_LEN};
 use vfio_user::{Client, ClientError, Relay};
-use xe_pf::mem::Commit;
+use xe_pf::hw::mem::Commit;
 use xe_pf::{Fault, GucOp, Platform, SriovVfio};
 
 const LMEM: u64 = 4 << 20;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use vfio_core::device::region;
 use vfio_core::DeviceState;
 use vfio_user::Client;
-use xe_pf::mem::Commit;
+use xe_pf::hw::mem::Commit;
 use xe_pf::Platform;
 
 const MIRROR: &str = "http://deb.debian.org/debian";
@@ -291,7 +291,9 @@ fn qemu_guest_drives_our_vfs() {
     let root = match prepare_root() {
         Ok(root) => root,
         Err(e) if std::env::var("XE_QEMU_REQUIRED").as_deref() != Ok("1") => {
-            eprintln!("SKIPPED qemu_guest_drives_our_vfs: cannot prepare the QEMU environment: {e}");
+            eprintln!(
+                "SKIPPED qemu_guest_drives_our_vfs: cannot prepare the QEMU environment: {e}"
+            );
             eprintln!("  (set XE_QEMU_REQUIRED=1 to make this a failure; .ci/run does)");
             return;
         }
@@ -346,7 +348,7 @@ fn qemu_guest_drives_our_vfs() {
             "{what}: job result"
         );
         assert_eq!(
-            c.read32(region::BAR0, xe_pf::vf::SEQNO).unwrap(),
+            c.read32(region::BAR0, xe_pf::hw::SEQNO).unwrap(),
             1,
             "{what}: job seqno"
         );

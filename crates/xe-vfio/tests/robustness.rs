@@ -322,5 +322,5 @@ fn disconnect_closes_the_device() {
             break;
         }
     }
-    assert_eq!(total, xe_pf::migration::stream_len(&h.pf, 1).unwrap());
+    assert_eq!(total, h.pf.stream_len(1).unwrap());
 }

@@ -2,13 +2,12 @@
 //!
 //! Reads a stream from any `Read` (a file of many GiB is fine: payloads other than the
 //! descriptor are skipped, not loaded) and reports packets per GT and type, sizes, the
-//! descriptor's KLVs, VRAM coverage and gaps, and the first structural error with its byte
-//! offset. It checks what can be checked without a target device: header fields, order
-//! (descriptor first and once, trailer last), KLV framing, MMIO size and overlapping VRAM.
-
-use super::wire::{
-    Descriptor, Header, HeaderRepr, PacketType, WireError, DESCRIPTOR_MAX, HEADER_LEN,
-};
+//! descriptor's KLVs, VRAM coverage, gaps and bytes sent more than once, and the first error
+//! with its byte offset. The rules are the stream [`Grammar`]'s, the same that restore applies,
+//! checked against the platform the descriptor names (sizes that only a target VF knows — its
+//! GGTT range and LMEM size — are left to the restore).
+use super::grammar::{Grammar, Limits};
+use super::wire::{Descriptor, Header, HeaderRepr, PacketType, WireError, HEADER_LEN};
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 
@@ -38,6 +37,10 @@ pub struct Inspection {
     pub vram_coverage: Vec<(u64, u64)>,
     /// Holes between 0 and the end of the last VRAM range.
     pub vram_gaps: Vec<(u64, u64)>,
+    /// VRAM bytes sent more than once (later packets replace earlier ones).
+    pub vram_resent: u64,
+    /// Packets whose header flags are not zero (ignored, as upstream does).
+    pub flagged: u64,
     pub has_trailer: bool,
     pub total_bytes: u64,
     /// The first structural problem and where (byte offset) it was found.
@@ -48,6 +51,18 @@ impl Inspection {
     /// Whether the stream is complete and structurally valid.
     pub fn is_valid(&self) -> bool {
         self.error.is_none() && self.has_trailer
+    }
+
+    /// Whether this looks like an Xe stream at all: its first 24 bytes are a version-1 packet
+    /// header. A stream of another device (or a short or empty file) is not.
+    pub fn is_xe_stream(&self) -> bool {
+        !matches!(
+            self.error,
+            Some((
+                0,
+                WireError::Version(_) | WireError::TypeZero | WireError::Truncated { .. }
+            )) | Some((0, WireError::NoTrailer))
+        )
     }
 }
 
@@ -67,118 +82,70 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// Inspects a stream. I/O errors are returned; format errors are reported in the result.
 pub fn inspect(mut r: impl Read) -> io::Result<Inspection> {
     let mut out = Inspection::default();
+    let mut grammar = Grammar::new(Limits::any());
     let mut at = 0u64;
     let mut vram: Vec<(u64, u64)> = Vec::new();
-    let fail = |out: &mut Inspection, at: u64, e: WireError| {
-        out.error = Some((at, e));
-    };
-    loop {
+    let error = loop {
         let mut hdr = [0u8; HEADER_LEN];
         let n = read_full(&mut r, &mut hdr)?;
         if n == 0 {
-            if !out.has_trailer {
-                fail(&mut out, at, WireError::NoTrailer);
-            }
-            break;
+            break grammar.end().err();
         }
-        if out.has_trailer {
-            fail(&mut out, at, WireError::AfterTrailer);
-            break;
+        if let Err(e) = grammar.more() {
+            break Some(e);
         }
-        let h = match Header::new_checked(&hdr[..n]).and_then(|h| HeaderRepr::parse(&h)) {
-            Ok(h) => h,
-            Err(e) => {
-                fail(&mut out, at, e);
-                break;
-            }
+        let parsed = Header::new_checked(&hdr[..n]).and_then(|h| {
+            let repr = HeaderRepr::parse(&h)?;
+            Ok((repr, h.flags()))
+        });
+        let (h, flags) = match parsed {
+            Ok(p) => p,
+            Err(e) => break Some(e),
         };
-        let first = out.packets.is_empty();
-        let err = match h.kind {
-            _ if h.tile != 0 || h.gt > 1 => Some(WireError::Route {
-                what: h.kind.name(),
-                tile: h.tile,
-                gt: h.gt,
-            }),
-            PacketType::Descriptor if !first => Some(WireError::DescriptorDuplicated),
-            PacketType::Descriptor if h.size % 4 != 0 || h.size > DESCRIPTOR_MAX => {
-                Some(WireError::DescriptorSize(h.size))
-            }
-            k if first && k != PacketType::Descriptor => {
-                Some(WireError::DescriptorNotFirst(k.name()))
-            }
-            PacketType::Trailer if h.gt != 0 || h.offset != 0 || h.size != 0 => {
-                Some(WireError::BadTrailer)
-            }
-            PacketType::Mmio if h.size != 16 => Some(WireError::Size {
-                what: "MMIO",
-                size: h.size,
-                expected: "16".into(),
-            }),
-            PacketType::Vram if h.offset.checked_add(h.size).is_none() => {
-                Some(WireError::VramRange {
-                    offset: h.offset,
-                    size: h.size,
-                    lmem: u64::MAX,
-                })
-            }
-            _ => None,
-        };
-        if let Some(e) = err {
-            fail(&mut out, at, e);
-            break;
+        if let Err(e) = grammar.header(&h) {
+            break Some(e);
         }
+        out.flagged += u64::from(flags != 0);
         out.packets.push(PacketInfo { at, header: h });
         let t = out.totals.entry((h.tile, h.gt, h.kind)).or_default();
         t.packets += 1;
         t.bytes += h.size;
         at += HEADER_LEN as u64;
-        match h.kind {
-            PacketType::Descriptor => {
-                let mut payload = vec![0u8; h.size as usize]; // bounded by DESCRIPTOR_MAX above
-                let got = read_full(&mut r, &mut payload)?;
-                if got < payload.len() {
-                    fail(
-                        &mut out,
-                        at + got as u64,
-                        WireError::Truncated {
-                            need: h.size,
-                            have: got as u64,
-                        },
-                    );
-                    break;
-                }
+        let got = if h.kind == PacketType::Descriptor {
+            // The grammar bounded the size by DESCRIPTOR_MAX.
+            let mut payload = vec![0u8; h.size as usize];
+            let got = read_full(&mut r, &mut payload)? as u64;
+            if got == h.size {
                 match Descriptor::parse(&payload) {
-                    Ok(d) => out.descriptor = Some(d),
-                    Err(e) => {
-                        fail(&mut out, at, e);
-                        break;
+                    Ok(d) => {
+                        if let Some(p) = d.platform() {
+                            grammar.refine(Limits::for_platform(p));
+                        }
+                        out.descriptor = Some(d);
                     }
+                    Err(e) => break Some(e),
                 }
             }
-            _ => {
-                let skipped = io::copy(&mut (&mut r).take(h.size), &mut io::sink())?;
-                if skipped < h.size {
-                    fail(
-                        &mut out,
-                        at + skipped,
-                        WireError::Truncated {
-                            need: h.size,
-                            have: skipped,
-                        },
-                    );
-                    break;
-                }
-                if h.kind == PacketType::Trailer {
-                    out.has_trailer = true;
-                }
-                if h.kind == PacketType::Vram && h.size > 0 {
-                    vram.push((h.offset, h.offset + h.size));
-                }
-            }
+            got
+        } else {
+            io::copy(&mut (&mut r).take(h.size), &mut io::sink())?
+        };
+        if got < h.size {
+            at += got;
+            break Some(WireError::Truncated {
+                need: h.size,
+                have: got,
+            });
+        }
+        if h.kind == PacketType::Vram && h.size > 0 {
+            vram.push((h.offset, h.offset + h.size));
         }
         at += h.size;
-    }
+    };
+    out.has_trailer = grammar.complete();
+    out.error = error.map(|e| (at, e));
     out.total_bytes = at;
+    let total: u64 = vram.iter().map(|(s, e)| e - s).sum();
     vram.sort_unstable();
     let mut merged: Vec<(u64, u64)> = Vec::new();
     for (s, e) in vram {
@@ -187,6 +154,7 @@ pub fn inspect(mut r: impl Read) -> io::Result<Inspection> {
             _ => merged.push((s, e)),
         }
     }
+    out.vram_resent = total - merged.iter().map(|(s, e)| e - s).sum::<u64>();
     let mut cursor = 0;
     for &(s, e) in &merged {
         if s > cursor {

@@ -9,14 +9,14 @@
 //! is a few small packets whatever the LMEM size.
 
 use super::wire::{Descriptor, HeaderRepr, PacketType, HEADER_LEN};
-use crate::guc::{Fault, Faults, GucOp};
+use crate::hw::guc::{Fault, Faults, GucOp};
+use crate::hw::VfHw;
 use crate::platform::PRIMARY_GT;
 use crate::sync::{lock, wait_until};
-use crate::vf::VfHw;
+use mig_io::{DataSink, Errno};
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use vfio_core::{DataSink, Errno};
 
 /// Packets each GT's ring holds (upstream's value).
 pub const RING_CAPACITY: usize = 5;
@@ -99,28 +99,6 @@ struct Reader {
 /// Largest piece of lazy LMEM read at once for a sink.
 const SCRATCH: usize = 1 << 20;
 
-/// A sink that is the caller's buffer (the buffered `read`).
-struct SliceSink<'a> {
-    buf: &'a mut [u8],
-    at: usize,
-}
-
-impl DataSink for SliceSink<'_> {
-    fn begin(&mut self, _n: usize) -> Result<(), Errno> {
-        Ok(())
-    }
-    fn put(&mut self, bytes: &[u8]) -> Result<(), Errno> {
-        self.buf[self.at..self.at + bytes.len()].copy_from_slice(bytes);
-        self.at += bytes.len();
-        Ok(())
-    }
-    fn space(&mut self, len: usize) -> Option<&mut [u8]> {
-        let s = &mut self.buf[self.at..self.at + len];
-        self.at += len;
-        Some(s)
-    }
-}
-
 /// A save session.
 #[derive(Debug)]
 pub(crate) struct SaveSession {
@@ -143,8 +121,13 @@ pub(crate) struct SaveParams {
 }
 
 impl SaveSession {
-    /// Starts one producer thread per GT.
-    pub(crate) fn start(hw: Arc<VfHw>, faults: Arc<Faults>, p: SaveParams) -> SaveSession {
+    /// Starts one producer thread per GT. If one cannot start, those started are stopped and
+    /// the save fails (`EAGAIN`, as `fork`-like resource exhaustion reports it).
+    pub(crate) fn start(
+        hw: Arc<VfHw>,
+        faults: Arc<Faults>,
+        p: SaveParams,
+    ) -> Result<SaveSession, Errno> {
         let shared = Arc::new(Shared {
             rings: Mutex::new(Rings {
                 gts: (0..p.gt_count).map(|_| GtRing::default()).collect(),
@@ -153,21 +136,11 @@ impl SaveSession {
             }),
             cv: Condvar::new(),
         });
-        let producers = (0..p.gt_count)
-            .filter_map(|gt| {
-                let (hw, shared, faults, p) =
-                    (hw.clone(), shared.clone(), faults.clone(), p.clone());
-                std::thread::Builder::new()
-                    .name(format!("xe-vf{}-save-gt{gt}", p.vfid))
-                    .spawn(move || produce(&hw, &shared, &faults, &p, gt))
-                    .ok()
-            })
-            .collect();
-        SaveSession {
-            hw,
+        let session = SaveSession {
+            hw: hw.clone(),
             descriptor: p.descriptor.packet(),
-            shared,
-            producers: Mutex::new(producers),
+            shared: shared.clone(),
+            producers: Mutex::new(Vec::new()),
             reader: Mutex::new(Reader {
                 phase: Phase::Descriptor,
                 cur: None,
@@ -175,21 +148,37 @@ impl SaveSession {
                 failed: None,
                 scratch: Vec::new(),
             }),
+        };
+        for gt in 0..p.gt_count {
+            let vfid = p.vfid;
+            let spawned = match faults.take(vfid, gt, GucOp::StartProducer) {
+                Some(_) => Err(std::io::Error::from(std::io::ErrorKind::WouldBlock)),
+                None => {
+                    let (hw, shared, faults, p) =
+                        (hw.clone(), shared.clone(), faults.clone(), p.clone());
+                    std::thread::Builder::new()
+                        .name(format!("xe-vf{vfid}-save-gt{gt}"))
+                        .spawn(move || produce(&hw, &shared, &faults, &p, gt))
+                }
+            };
+            match spawned {
+                Ok(t) => lock(&session.producers).push(t),
+                Err(e) => {
+                    tracing::error!(vfid, gt, %e, "save producer could not start");
+                    session.cancel();
+                    return Err(Errno::EAGAIN);
+                }
+            }
         }
+        Ok(session)
     }
 
-    /// Reads stream bytes into `buf`: fills it completely unless the stream ends (so a short
-    /// read means the end), blocking while the producers are behind. `Ok(0)` at the end; `EIO`
-    /// from the first producer failure on, forever.
-    pub(crate) fn read(&self, buf: &mut [u8]) -> Result<usize, Errno> {
-        let max = buf.len();
-        self.read_to(max, &mut SliceSink { buf, at: 0 })
-    }
-
-    /// Like `read` of `max` bytes, but the bytes go to `sink` (see [`DataSink`]): first the
-    /// packets covering them are taken from the rings (waiting for the producers), so the
-    /// count is known and every failure of the producers comes before `sink.begin`; then the
-    /// bytes are handed over — VRAM payloads as slices of a reserved LMEM, without a copy.
+    /// Hands up to `max` stream bytes to `sink` (see [`DataSink`]): all `max` unless the stream
+    /// ends, so a short count means the end. First the packets covering them are taken from the
+    /// rings (waiting for the producers), so the count is known and every failure of the
+    /// producers comes before `sink.begin`; then the bytes are handed over — VRAM payloads as
+    /// the LMEM file's pages or slices of a reserved LMEM, without a copy. `EIO` from the first
+    /// producer failure on, forever.
     pub(crate) fn read_to(&self, max: usize, sink: &mut dyn DataSink) -> Result<usize, Errno> {
         let mut g = lock(&self.reader);
         let r = &mut *g;
@@ -411,15 +400,36 @@ fn fail(shared: &Shared, e: Errno) {
     shared.cv.notify_all();
 }
 
+/// Marks a GT's producer failed unless it finished: however its thread ends — an error, a
+/// panic — the reader is told, so a save always ends in data or in an errno.
+struct Finish<'a> {
+    shared: &'a Shared,
+    gt: u8,
+    done: bool,
+}
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            lock(&self.shared.rings).gts[self.gt as usize].done = true;
+            self.shared.cv.notify_all();
+        } else {
+            fail(self.shared, Errno::EIO);
+        }
+    }
+}
+
 /// One GT's producer.
 fn produce(hw: &VfHw, shared: &Shared, faults: &Faults, p: &SaveParams, gt: u8) {
-    if let Err(e) = produce_packets(hw, shared, faults, p, gt) {
-        tracing::error!(vfid = p.vfid, gt, %e, "save producer failed");
-        fail(shared, Errno::EIO);
-        return;
+    let mut finish = Finish {
+        shared,
+        gt,
+        done: false,
+    };
+    match produce_packets(hw, shared, faults, p, gt) {
+        Ok(()) => finish.done = true,
+        Err(e) => tracing::error!(vfid = p.vfid, gt, %e, "save producer failed"),
     }
-    lock(&shared.rings).gts[gt as usize].done = true;
-    shared.cv.notify_all();
 }
 
 fn produce_packets(
@@ -431,9 +441,8 @@ fn produce_packets(
 ) -> Result<(), Errno> {
     // GUC: the firmware's VF state (its size is queried first; 0 means no data).
     match faults.take(p.vfid, gt, GucOp::SaveState) {
-        Some(Fault::Fail(e)) => return Err(e),
-        Some(Fault::Timeout) => return Err(Errno::ETIMEDOUT),
-        Some(Fault::Busy) => return Err(Errno::EBUSY),
+        Some(Fault::Panic) => panic!("injected fault: the save producer of gt{gt} dies"),
+        Some(f) => return Err(f.errno()),
         None => {}
     }
     if hw.guc_state_size(gt)? == 0 {
@@ -461,7 +470,7 @@ fn produce_packets(
     let ptes: Vec<u8> = hw
         .ptes()
         .iter()
-        .flat_map(|&pte| crate::ggtt::pte_with_vfid(pte, 0).to_le_bytes())
+        .flat_map(|&pte| crate::hw::ggtt::pte_with_vfid(pte, 0).to_le_bytes())
         .collect();
     if !ptes.is_empty() && !push(shared, gt, OutPacket::bytes(PacketType::Ggtt, gt, 0, ptes)) {
         return Ok(());

@@ -11,14 +11,15 @@
 //!      1    1 type (1 DESCRIPTOR, 2 TRAILER, 3 GGTT, 4 MMIO, 5 GUC, 6 VRAM; 0 invalid)
 //!      2    1 tile_id
 //!      3    1 gt_id
-//!      4    4 flags (0)
+//!      4    4 flags (0 when written; ignored when read, as upstream does in version 1)
 //!      8    8 offset
 //!     16    8 size (payload bytes that follow)
 //! ```
 //! All fields little-endian.
 
+use crate::platform::{Platform, INTEL_VENDOR_ID};
+use mig_io::Errno;
 use thiserror::Error;
-use vfio_core::Errno;
 
 /// Header length.
 pub const HEADER_LEN: usize = 24;
@@ -95,8 +96,6 @@ pub enum WireError {
     Version(u8),
     #[error("packet type 0 is invalid")]
     TypeZero,
-    #[error("non-zero flags {0:#x}")]
-    Flags(u32),
     #[error("{what}: tile {tile} / gt {gt} does not exist on this device")]
     Route { what: String, tile: u8, gt: u8 },
     #[error("descriptor must be the first packet, got {0}")]
@@ -113,10 +112,10 @@ pub enum WireError {
     KlvLength { key: u16, len: usize },
     #[error("stream is for device {found:#06x} rev {found_rev:#04x}, target is {want:#06x} rev {want_rev:#04x}")]
     DeviceMismatch {
-        found: u16,
-        found_rev: u8,
-        want: u16,
-        want_rev: u8,
+        found: u32,
+        found_rev: u32,
+        want: u32,
+        want_rev: u32,
     },
     #[error("trailer must have tile 0, gt 0, offset 0 and size 0")]
     BadTrailer,
@@ -135,10 +134,13 @@ pub enum WireError {
 }
 
 impl WireError {
-    /// The errno a destination reports for this error (SPEC §4).
+    /// The errno a destination reports for this error (SPEC §4): `ENODEV` for another
+    /// device, `ENODATA` for a KLV cut short (as upstream's descriptor parser), `EIO` for a
+    /// stream without its trailer, `EINVAL` for everything else.
     pub fn errno(&self) -> Errno {
         match self {
             WireError::DeviceMismatch { .. } => Errno::ENODEV,
+            WireError::KlvOverrun { .. } => Errno::ENODATA,
             WireError::NoTrailer => Errno::EIO,
             _ => Errno::EINVAL,
         }
@@ -215,15 +217,14 @@ pub struct HeaderRepr {
 }
 
 impl HeaderRepr {
-    /// Validates version, type and flags.
+    /// Validates version and type. `flags` is not checked: upstream neither sets nor reads it
+    /// in version 1, so a reader that refused non-zero flags would refuse streams an upstream
+    /// reader accepts (see `docs/STREAM.md`).
     pub fn parse<T: AsRef<[u8]>>(h: &Header<T>) -> Result<HeaderRepr, WireError> {
         if h.version() != VERSION {
             return Err(WireError::Version(h.version()));
         }
         let kind = PacketType::from_raw(h.kind_raw()).ok_or(WireError::TypeZero)?;
-        if h.flags() != 0 {
-            return Err(WireError::Flags(h.flags()));
-        }
         Ok(HeaderRepr {
             kind,
             tile: h.tile(),
@@ -305,8 +306,10 @@ pub fn klvs(payload: &[u8]) -> impl Iterator<Item = Result<Klv<'_>, WireError>> 
 /// The parsed descriptor.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Descriptor {
-    pub device_id: u16,
-    pub revision: u8,
+    /// PCI device id, as the KLV carries it (32 bits; compared at full width).
+    pub device_id: u32,
+    /// PCI revision id, as the KLV carries it (32 bits; compared at full width).
+    pub revision: u32,
     /// Keys this reader does not know, preserved in order (skipped on apply).
     pub unknown: Vec<(u16, Vec<u32>)>,
 }
@@ -332,8 +335,8 @@ impl Descriptor {
                 Ok(klv.dwords().next().unwrap_or(0))
             };
             match klv.key {
-                KLV_DEVICE_ID => dev = Some(one()? as u16),
-                KLV_REVISION_ID => rev = Some(one()? as u8),
+                KLV_DEVICE_ID => dev = Some(one()?),
+                KLV_REVISION_ID => rev = Some(one()?),
                 key => unknown.push((key, klv.dwords().collect())),
             }
         }
@@ -342,6 +345,13 @@ impl Descriptor {
             revision: rev.ok_or(WireError::KlvMissing(KLV_REVISION_ID))?,
             unknown,
         })
+    }
+
+    /// The Xe platform whose device id this is; `None` for an id of no supported platform
+    /// (including one wider than 16 bits).
+    pub fn platform(&self) -> Option<Platform> {
+        let id = u16::try_from(self.device_id).ok()?;
+        Platform::from_pci_id(INTEL_VENDOR_ID, id).ok()
     }
 
     /// The KLV payload.
@@ -353,8 +363,8 @@ impl Descriptor {
                 out.extend_from_slice(&v.to_le_bytes());
             }
         };
-        klv(KLV_DEVICE_ID, &[u32::from(self.device_id)]);
-        klv(KLV_REVISION_ID, &[u32::from(self.revision)]);
+        klv(KLV_DEVICE_ID, &[self.device_id]);
+        klv(KLV_REVISION_ID, &[self.revision]);
         for (k, v) in &self.unknown {
             klv(*k, v);
         }

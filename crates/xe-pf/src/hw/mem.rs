@@ -18,9 +18,9 @@
 //! once; callers pass guest-controlled values.
 
 use memmap2::{Advice, MmapOptions, MmapRaw};
+use mig_io::Errno;
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
-use vfio_core::Errno;
 
 /// How a backing's memory is committed; see the module documentation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -114,7 +114,7 @@ impl From<std::io::Error> for Errno {
     }
 }
 
-#[cfg(all(test, not(feature = "shuttle")))]
+#[cfg(test)]
 mod tests {
     use super::*;
 

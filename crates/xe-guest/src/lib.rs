@@ -1,16 +1,18 @@
+//! # xe-guest — test and demo support
+//!
 //! A guest-side "driver" for the VF's job engine: what a workload in the VM would do.
 //!
 //! It maps a ring and a data area through the VF's GGTT (PTE *i* → memory page *i*, in LMEM on
 //! discrete parts or in the VF's system memory on integrated ones), submits jobs through the
 //! ring and doorbell, keeps a reference model of what the data area must contain, and performs
-//! the GGTT fixups after a migration (the contract documented in [`crate::vf`]). It reaches the
+//! the GGTT fixups after a migration (the contract documented in [`xe_pf::hw`]). It reaches the
 //! VF only through [`GuestAccess`] — BAR0 registers and memory — so the same driver runs
 //! in-process and over vfio-user.
 
-use crate::guc::fnv1a;
-use crate::vf::{self, JOB_SIZE};
+use mig_io::Errno;
 use std::time::{Duration, Instant};
-use vfio_core::Errno;
+use xe_pf::hw::guc::fnv1a;
+use xe_pf::hw::{self as vf, JOB_SIZE};
 
 /// How a guest reaches its VF.
 pub trait GuestAccess {
@@ -23,7 +25,7 @@ pub trait GuestAccess {
 }
 
 /// In-process access to a VF's hardware.
-pub struct DirectAccess(pub std::sync::Arc<crate::vf::VfHw>);
+pub struct DirectAccess(pub std::sync::Arc<xe_pf::hw::VfHw>);
 
 impl GuestAccess for DirectAccess {
     fn mmio_read32(&self, off: u64) -> Result<u32, Errno> {
@@ -119,7 +121,7 @@ impl<A: GuestAccess> Workload<A> {
             return Err(Errno::ENOSPC);
         }
         for i in 0..total {
-            let pte = crate::ggtt::make_pte(i * 4096, lmem, 0);
+            let pte = xe_pf::hw::ggtt::make_pte(i * 4096, lmem, 0);
             let idx = base / 4096 + i;
             let off = vf::GGTT_WINDOW + idx * 8;
             acc.mmio_write32(off, pte as u32)?;

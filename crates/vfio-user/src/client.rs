@@ -1,6 +1,16 @@
 //! A vfio-user client: what the CLI and the tests use to drive a server.
+//!
+//! Requests are built and replies parsed with the typed messages of [`crate::msg`]. Every
+//! request goes out in one `sendmsg` (header, fixed part and data together), so a peer that
+//! reads a message body with one `recv` sees it whole. Migration data can also be moved in
+//! pieces, for a relay that keeps requests in flight and passes data between sockets without
+//! reading it: [`Client::send_mig_data_read`], [`Client::recv_mig_data_read_head`],
+//! [`Client::send_mig_data_write_head`], [`Client::recv_mig_data_write_reply`].
 
-use crate::msg::{self, cmd, feature, Fields, Header, Payload, HEADER_LEN};
+use crate::msg::{
+    self, cmd, feature, DecodeError, DeviceInfo as DeviceInfoMsg, Feature, Header,
+    IrqInfo as IrqInfoMsg, MigData, RegionAccess, RegionInfo as RegionInfoMsg, Version, HEADER_LEN,
+};
 use crate::sock;
 use rustix::fd::OwnedFd;
 use std::io;
@@ -21,13 +31,25 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The errno behind the error (`EIO` for socket and protocol errors).
+    /// The errno behind the error (`EPROTO` for protocol errors).
     pub fn errno(&self) -> Errno {
         match self {
             ClientError::Remote { errno, .. } => *errno,
             ClientError::Io(e) => Errno::from_io(e),
             ClientError::Protocol(_) => Errno::EPROTO,
         }
+    }
+
+    /// Whether the connection is still in step after this error: an error *reply* is a whole
+    /// message; a socket or protocol error may leave part of a message unread.
+    pub fn in_step(&self) -> bool {
+        matches!(self, ClientError::Remote { .. })
+    }
+}
+
+impl From<DecodeError> for ClientError {
+    fn from(e: DecodeError) -> Self {
+        ClientError::Protocol(e.to_string())
     }
 }
 
@@ -46,6 +68,16 @@ pub struct ReplyMsg {
     pub header: Header,
     pub payload: Vec<u8>,
     pub fds: Vec<OwnedFd>,
+}
+
+/// The head of a MIG_DATA_READ reply; its data follows on the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MigReadHead {
+    /// Data bytes (the reply's `size`).
+    pub data: usize,
+    /// Bytes after the data that are not data (a peer that pads its replies to the requested
+    /// length); the reader drops them.
+    pub padding: usize,
 }
 
 impl Client {
@@ -71,13 +103,14 @@ impl Client {
             "max_msg_fds": sock::MAX_FDS,
             "max_data_xfer_size": max_xfer,
             "migration": {"pgsize": 4096},
-        }});
-        let p = Payload::new()
-            .u16(msg::VERSION_MAJOR)
-            .u16(msg::VERSION_MINOR)
-            .bytes(caps.to_string().as_bytes())
-            .bytes(&[0]);
-        let r = match c.call(cmd::VERSION, &p.0) {
+        }})
+        .to_string();
+        let req = Version {
+            major: msg::VERSION_MAJOR,
+            minor: msg::VERSION_MINOR,
+            json: &caps,
+        };
+        let r = match c.call(cmd::VERSION, &[&req.to_vec()]) {
             Err(ClientError::Io(e))
                 if matches!(
                     e.kind(),
@@ -92,23 +125,26 @@ impl Client {
             r => r?,
         };
         c.sock.set_read_timeout(None)?;
-        let f = Fields(&r.payload)
-            .need(4)
-            .map_err(|_| proto("short VERSION reply"))?;
-        if f.u16(0).unwrap_or(u16::MAX) != msg::VERSION_MAJOR {
-            return Err(proto("server speaks another major version"));
+        let v = Version::parse(&r.payload)?;
+        if v.major != msg::VERSION_MAJOR {
+            return Err(proto(&format!(
+                "server speaks vfio-user {}.{}, we speak {}.{}",
+                v.major,
+                v.minor,
+                msg::VERSION_MAJOR,
+                msg::VERSION_MINOR
+            )));
         }
-        let json = f.tail(4).unwrap_or(&[]);
-        let json = json.split(|&b| b == 0).next().unwrap_or(&[]);
         c.server_caps =
-            serde_json::from_slice(json).map_err(|e| proto(&format!("bad capabilities: {e}")))?;
+            serde_json::from_str(v.json).map_err(|e| proto(&format!("bad capabilities: {e}")))?;
         c.max_xfer = c
             .server_caps
             .pointer("/capabilities/max_data_xfer_size")
             .and_then(|v| v.as_u64())
             .map_or(msg::DEFAULT_MAX_DATA_XFER, |v| {
                 v.min(u64::from(max_xfer)) as u32
-            });
+            })
+            .max(1);
         Ok(c)
     }
 
@@ -122,17 +158,39 @@ impl Client {
         &self.server_caps
     }
 
-    /// Sends any message and returns the reply (for tools and tests): no checks on the reply
-    /// beyond framing.
-    pub fn raw(&mut self, command: u16, flags: u32, payload: &[u8]) -> Result<ReplyMsg> {
+    /// The socket (for moving migration data between two servers without reading it).
+    pub fn socket(&self) -> &UnixStream {
+        &self.sock
+    }
+
+    fn take_id(&mut self) -> u16 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        id
+    }
+
+    /// Sends one command whose payload is `parts`, in one `sendmsg`.
+    fn send(&mut self, command: u16, flags: u32, parts: &[&[u8]]) -> Result<()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
         let h = Header {
             msg_id: self.take_id(),
             command,
-            size: (HEADER_LEN + payload.len()) as u32,
+            size: (HEADER_LEN + len) as u32,
             flags,
             error: 0,
         };
-        sock::send_all(&self.sock, &[&h.encode(), payload], &[])?;
+        let hb = h.encode();
+        let mut iov: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+        iov.push(&hb);
+        iov.extend_from_slice(parts);
+        sock::send_all(&self.sock, &iov, &[])?;
+        Ok(())
+    }
+
+    /// Sends any message and returns the reply (for tools and tests): no checks on the reply
+    /// beyond framing.
+    pub fn raw(&mut self, command: u16, flags: u32, payload: &[u8]) -> Result<ReplyMsg> {
+        self.send(command, flags, &[payload])?;
         self.recv()
     }
 
@@ -142,26 +200,28 @@ impl Client {
         Ok(())
     }
 
-    /// Receives one reply.
-    pub fn recv(&mut self) -> Result<ReplyMsg> {
+    /// Receives one message's header.
+    fn recv_header(&mut self, fds: &mut Vec<OwnedFd>) -> Result<Header> {
         let mut hb = [0u8; HEADER_LEN];
-        let mut fds = Vec::new();
-        if sock::recv_exact(&self.sock, &mut hb, &mut fds)? == 0 {
+        if sock::recv_exact(&self.sock, &mut hb, fds)? == 0 {
             return Err(ClientError::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "server closed the connection",
             )));
         }
-        let header = Header::decode(&hb);
+        Ok(Header::decode(&hb))
+    }
+
+    /// Receives one reply.
+    pub fn recv(&mut self) -> Result<ReplyMsg> {
+        let mut fds = Vec::new();
+        let header = self.recv_header(&mut fds)?;
+        let limit = msg::max_message_size(self.max_xfer.max(msg::DEFAULT_MAX_DATA_XFER));
         let len = header
-            .check_size(msg::max_message_size(
-                self.max_xfer.max(msg::DEFAULT_MAX_DATA_XFER),
-            ))
+            .check_size(limit)
             .map_err(|e| proto(&format!("reply size {}: {e}", header.size)))?;
         let mut payload = vec![0u8; len];
-        if len > 0 && sock::recv_exact(&self.sock, &mut payload, &mut fds)? == 0 {
-            return Err(proto("truncated reply"));
-        }
+        sock::recv_rest(&self.sock, &mut payload, &mut fds)?;
         Ok(ReplyMsg {
             header,
             payload,
@@ -169,70 +229,78 @@ impl Client {
         })
     }
 
-    fn call(&mut self, command: u16, payload: &[u8]) -> Result<ReplyMsg> {
-        let r = self.raw(command, msg::TYPE_COMMAND, payload)?;
-        if r.header.command != command || r.header.kind() != msg::TYPE_REPLY {
-            return Err(proto("reply does not match the command"));
+    /// Checks that `h` answers `command`; an error reply becomes `Remote`.
+    fn check_reply(h: &Header, command: u16) -> Result<()> {
+        if h.command != command || h.kind() != msg::TYPE_REPLY {
+            return Err(proto(&format!(
+                "expected the reply to {}, got {} (type {})",
+                msg::command_name(command),
+                msg::command_name(h.command),
+                h.kind()
+            )));
         }
-        if let Some(errno) = r.header.errno() {
+        if let Some(errno) = h.errno() {
             return Err(ClientError::Remote {
                 command: msg::command_name(command),
                 errno,
             });
         }
+        Ok(())
+    }
+
+    /// One request and its reply.
+    fn call(&mut self, command: u16, parts: &[&[u8]]) -> Result<ReplyMsg> {
+        self.send(command, msg::TYPE_COMMAND, parts)?;
+        let r = self.recv()?;
+        Self::check_reply(&r.header, command)?;
         Ok(r)
     }
 
     /// DEVICE_GET_INFO.
     pub fn device_info(&mut self) -> Result<DeviceInfo> {
-        let r = self.call(
-            cmd::DEVICE_GET_INFO,
-            &Payload::new().u32(16).u32(0).u32(0).u32(0).0,
-        )?;
-        let f = Fields(&r.payload)
-            .need(16)
-            .map_err(|_| proto("short GET_INFO reply"))?;
+        let req = DeviceInfoMsg {
+            argsz: DeviceInfoMsg::LEN as u32,
+            ..Default::default()
+        };
+        let r = self.call(cmd::DEVICE_GET_INFO, &[&req.to_vec()])?;
+        let i = DeviceInfoMsg::parse(&r.payload)?;
         Ok(DeviceInfo {
-            flags: f.u32(4).unwrap_or(0),
-            num_regions: f.u32(8).unwrap_or(0),
-            num_irqs: f.u32(12).unwrap_or(0),
+            flags: i.flags,
+            num_regions: i.num_regions,
+            num_irqs: i.num_irqs,
         })
     }
 
-    /// DEVICE_GET_REGION_INFO, with the region's fd if it is mappable.
+    /// DEVICE_GET_REGION_INFO, with the region's fd and mmap offset if it is mappable.
     pub fn region_info(&mut self, index: u32) -> Result<(RegionInfo, Option<OwnedFd>, u64)> {
-        let p = Payload::new()
-            .u32(32)
-            .u32(0)
-            .u32(index)
-            .u32(0)
-            .u64(0)
-            .u64(0);
-        let mut r = self.call(cmd::DEVICE_GET_REGION_INFO, &p.0)?;
-        let f = Fields(&r.payload)
-            .need(32)
-            .map_err(|_| proto("short REGION_INFO reply"))?;
-        let info = RegionInfo {
-            index: f.u32(8).unwrap_or(index),
-            flags: f.u32(4).unwrap_or(0),
-            size: f.u64(16).unwrap_or(0),
+        let req = RegionInfoMsg {
+            argsz: RegionInfoMsg::LEN as u32,
+            index,
+            ..Default::default()
         };
-        Ok((info, r.fds.pop(), f.u64(24).unwrap_or(0)))
+        let mut r = self.call(cmd::DEVICE_GET_REGION_INFO, &[&req.to_vec()])?;
+        let i = RegionInfoMsg::parse(&r.payload)?;
+        let info = RegionInfo {
+            index: i.index,
+            flags: i.flags,
+            size: i.size,
+        };
+        Ok((info, r.fds.pop(), i.offset))
     }
 
     /// DEVICE_GET_IRQ_INFO.
     pub fn irq_info(&mut self, index: u32) -> Result<IrqInfo> {
-        let r = self.call(
-            cmd::DEVICE_GET_IRQ_INFO,
-            &Payload::new().u32(16).u32(0).u32(index).u32(0).0,
-        )?;
-        let f = Fields(&r.payload)
-            .need(16)
-            .map_err(|_| proto("short IRQ_INFO reply"))?;
+        let req = IrqInfoMsg {
+            argsz: IrqInfoMsg::LEN as u32,
+            index,
+            ..Default::default()
+        };
+        let r = self.call(cmd::DEVICE_GET_IRQ_INFO, &[&req.to_vec()])?;
+        let i = IrqInfoMsg::parse(&r.payload)?;
         Ok(IrqInfo {
             index,
-            flags: f.u32(4).unwrap_or(0),
-            count: f.u32(12).unwrap_or(0),
+            flags: i.flags,
+            count: i.count,
         })
     }
 
@@ -240,10 +308,13 @@ impl Client {
     pub fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
         let step = self.max_xfer as usize;
         for (k, chunk) in buf.chunks_mut(step).enumerate() {
-            let at = offset + (k * step) as u64;
-            let p = Payload::new().u64(at).u32(index).u32(chunk.len() as u32);
-            let r = self.call(cmd::REGION_READ, &p.0)?;
-            let data = r.payload.get(16..).unwrap_or(&[]);
+            let req = RegionAccess {
+                offset: offset + (k * step) as u64,
+                region: index,
+                count: chunk.len() as u32,
+            };
+            let r = self.call(cmd::REGION_READ, &[&req.to_vec()])?;
+            let (_, data) = RegionAccess::parse_with_data(&r.payload, self.max_xfer)?;
             if data.len() != chunk.len() {
                 return Err(proto("REGION_READ returned a different count"));
             }
@@ -256,13 +327,12 @@ impl Client {
     pub fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<()> {
         let step = self.max_xfer as usize;
         for (k, chunk) in data.chunks(step).enumerate() {
-            let at = offset + (k * step) as u64;
-            let p = Payload::new()
-                .u64(at)
-                .u32(index)
-                .u32(chunk.len() as u32)
-                .bytes(chunk);
-            self.call(cmd::REGION_WRITE, &p.0)?;
+            let req = RegionAccess {
+                offset: offset + (k * step) as u64,
+                region: index,
+                count: chunk.len() as u32,
+            };
+            self.call(cmd::REGION_WRITE, &[&req.to_vec(), chunk])?;
         }
         Ok(())
     }
@@ -286,169 +356,182 @@ impl Client {
 
     /// DMA_MAP without an fd (tracked by the server).
     pub fn dma_map(&mut self, address: u64, size: u64, flags: u32) -> Result<()> {
-        let p = Payload::new()
-            .u32(32)
-            .u32(flags)
-            .u64(0)
-            .u64(address)
-            .u64(size);
-        self.call(cmd::DMA_MAP, &p.0).map(|_| ())
+        let req = msg::DmaMap {
+            argsz: msg::DmaMap::LEN as u32,
+            flags,
+            offset: 0,
+            address,
+            size,
+        };
+        self.call(cmd::DMA_MAP, &[&req.to_vec()]).map(|_| ())
     }
 
     /// DMA_UNMAP.
     pub fn dma_unmap(&mut self, address: u64, size: u64) -> Result<()> {
-        let p = Payload::new().u32(24).u32(0).u64(address).u64(size);
-        self.call(cmd::DMA_UNMAP, &p.0).map(|_| ())
+        let req = msg::DmaUnmap {
+            argsz: msg::DmaUnmap::LEN as u32,
+            flags: 0,
+            address,
+            size,
+        };
+        self.call(cmd::DMA_UNMAP, &[&req.to_vec()]).map(|_| ())
     }
 
-    fn feature_get(&mut self, index: u32, len: usize) -> Result<Vec<u8>> {
-        let p = Payload::new().u32(8 + len as u32).u32(index | feature::GET);
-        let r = self.call(cmd::DEVICE_FEATURE, &p.0)?;
+    /// DEVICE_FEATURE GET of `index`: its 8 bytes of data.
+    fn feature_get(&mut self, index: u32) -> Result<[u8; 8]> {
+        let req = Feature {
+            argsz: (Feature::LEN + 8) as u32,
+            flags: index | feature::GET,
+        };
+        let r = self.call(cmd::DEVICE_FEATURE, &[&req.to_vec()])?;
+        Feature::parse(&r.payload)?;
         r.payload
-            .get(8..8 + len)
-            .map(|d| d.to_vec())
-            .ok_or_else(|| proto("short DEVICE_FEATURE reply"))
+            .get(Feature::LEN..Feature::LEN + 8)
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| proto("DEVICE_FEATURE reply without its 8 bytes of data"))
     }
 
     /// VFIO_DEVICE_FEATURE_MIGRATION: the device's migration flags.
     pub fn migration_flags(&mut self) -> Result<MigrationFlags> {
-        let d = self.feature_get(feature::MIGRATION, 8)?;
-        let raw = Fields(&d).u64(0).unwrap_or(0);
-        MigrationFlags::try_from(raw).map_err(|_| proto("bad migration flags"))
+        let raw = u64::from_ne_bytes(self.feature_get(feature::MIGRATION)?);
+        MigrationFlags::try_from(raw).map_err(|_| proto(&format!("bad migration flags {raw:#x}")))
     }
 
     /// MIG_DEVICE_STATE GET.
     pub fn device_state(&mut self) -> Result<DeviceState> {
-        let d = self.feature_get(feature::MIG_DEVICE_STATE, 8)?;
-        DeviceState::try_from(Fields(&d).u32(0).unwrap_or(u32::MAX))
-            .map_err(|_| proto("bad device state"))
+        let d = self.feature_get(feature::MIG_DEVICE_STATE)?;
+        let raw = u32::from_ne_bytes([d[0], d[1], d[2], d[3]]);
+        DeviceState::try_from(raw).map_err(|_| proto(&format!("bad device state {raw}")))
     }
 
     /// MIG_DEVICE_STATE SET.
     pub fn set_device_state(&mut self, s: DeviceState) -> Result<()> {
-        let p = Payload::new()
-            .u32(16)
-            .u32(feature::MIG_DEVICE_STATE | feature::SET)
-            .u32(s as u32)
-            .u32(u32::MAX);
-        self.call(cmd::DEVICE_FEATURE, &p.0).map(|_| ())
+        let req = Feature {
+            argsz: (Feature::LEN + 8) as u32,
+            flags: feature::MIG_DEVICE_STATE | feature::SET,
+        };
+        let mut data = [0u8; 8];
+        data[..4].copy_from_slice(&(s as u32).to_ne_bytes());
+        data[4..].copy_from_slice(&u32::MAX.to_ne_bytes());
+        self.call(cmd::DEVICE_FEATURE, &[&req.to_vec(), &data])
+            .map(|_| ())
     }
 
     /// MIG_DATA_SIZE (ours): the estimated stop-copy length.
     pub fn mig_data_size(&mut self) -> Result<u64> {
-        let d = self.feature_get(feature::MIG_DATA_SIZE, 8)?;
-        Ok(Fields(&d).u64(0).unwrap_or(0))
+        Ok(u64::from_ne_bytes(
+            self.feature_get(feature::MIG_DATA_SIZE)?,
+        ))
     }
 
     /// One MIG_DATA_READ of up to `buf.len()` (≤ max_xfer) bytes, straight into `buf`.
     /// A result shorter than asked means the end of the stream.
     pub fn mig_data_read(&mut self, buf: &mut [u8]) -> Result<usize> {
         let want = buf.len().min(self.max_xfer as usize);
-        self.send_mig_read(want)?;
-        let n = self.recv_mig_read_header(want)?;
-        // Read the data straight into the caller's buffer (no intermediate copy).
+        self.send_mig_data_read(want)?;
+        let head = self.recv_mig_data_read_head(want)?;
+        // The data straight into the caller's buffer (no intermediate copy), then any padding.
         let mut fds = Vec::new();
-        if n > 0 && sock::recv_exact(&self.sock, &mut buf[..n], &mut fds)? == 0 {
-            return Err(proto("truncated MIG_DATA_READ reply"));
-        }
-        Ok(n)
+        sock::recv_rest(&self.sock, &mut buf[..head.data], &mut fds)?;
+        self.discard(head.padding)?;
+        Ok(head.data)
     }
 
-    /// Sends a MIG_DATA_READ request for `want` bytes.
-    pub(crate) fn send_mig_read(&mut self, want: usize) -> Result<()> {
-        let p = Payload::new().u32(8 + want as u32).u32(want as u32);
-        let h = Header {
-            msg_id: self.take_id(),
-            command: cmd::MIG_DATA_READ,
-            size: (HEADER_LEN + 8) as u32,
-            flags: msg::TYPE_COMMAND,
-            error: 0,
-        };
-        sock::send_all(&self.sock, &[&h.encode(), &p.0], &[])?;
+    /// MIG_DATA_WRITE of all of `data`, split into `max_xfer` pieces, each one message sent
+    /// with one `sendmsg`.
+    pub fn mig_data_write(&mut self, data: &[u8]) -> Result<()> {
+        for chunk in data.chunks(self.max_xfer as usize) {
+            let fixed = mig_write_fixed(chunk.len());
+            self.send(cmd::MIG_DATA_WRITE, msg::TYPE_COMMAND, &[&fixed, chunk])?;
+            self.recv_mig_data_write_reply()?;
+        }
         Ok(())
     }
 
-    /// Receives a MIG_DATA_READ reply up to its data: the number of data bytes that follow
-    /// on the socket (≤ `want`).
-    pub(crate) fn recv_mig_read_header(&mut self, want: usize) -> Result<usize> {
-        let mut hb = [0u8; HEADER_LEN];
-        let mut fds = Vec::new();
-        if sock::recv_exact(&self.sock, &mut hb, &mut fds)? == 0 {
-            return Err(proto("server closed the connection"));
-        }
-        let rh = Header::decode(&hb);
-        if rh.command != cmd::MIG_DATA_READ || rh.kind() != msg::TYPE_REPLY {
-            return Err(proto("reply does not match MIG_DATA_READ"));
-        }
-        if let Some(errno) = rh.errno() {
-            // An error reply is the header alone.
-            return Err(ClientError::Remote {
-                command: "MIG_DATA_READ",
-                errno,
-            });
-        }
-        let len = rh.size as usize;
-        if len < HEADER_LEN + 8 || len > HEADER_LEN + 8 + want {
-            return Err(proto("bad MIG_DATA_READ reply size"));
-        }
-        let mut fixed = [0u8; 8];
-        sock::recv_exact(&self.sock, &mut fixed, &mut fds)?;
-        let n = u32::from_ne_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]) as usize;
-        if n != len - HEADER_LEN - 8 {
-            return Err(proto("MIG_DATA_READ size disagrees with the message"));
-        }
-        Ok(n)
+    /// Sends a MIG_DATA_READ request for `want` bytes; the reply is taken later with
+    /// [`Client::recv_mig_data_read_head`] (requests may be kept in flight).
+    pub fn send_mig_data_read(&mut self, want: usize) -> Result<()> {
+        let req = MigData {
+            argsz: (MigData::LEN + want) as u32,
+            size: want as u32,
+        };
+        self.send(cmd::MIG_DATA_READ, msg::TYPE_COMMAND, &[&req.to_vec()])
     }
 
-    /// Sends a MIG_DATA_WRITE request's header for `n` bytes of data; the data must follow.
-    pub(crate) fn send_mig_write_header(&mut self, n: usize) -> Result<()> {
+    /// Receives a MIG_DATA_READ reply up to its data: how many data bytes follow on the
+    /// socket (≤ `want`), and how many bytes of padding follow them.
+    pub fn recv_mig_data_read_head(&mut self, want: usize) -> Result<MigReadHead> {
+        let mut fds = Vec::new();
+        let h = self.recv_header(&mut fds)?;
+        Self::check_reply(&h, cmd::MIG_DATA_READ)?;
+        let len = (h.size as usize).saturating_sub(HEADER_LEN);
+        if len < MigData::LEN || len > MigData::LEN + want {
+            return Err(proto(&format!(
+                "MIG_DATA_READ reply of {} bytes for {want} asked",
+                h.size
+            )));
+        }
+        let mut fixed = [0u8; MigData::LEN];
+        sock::recv_rest(&self.sock, &mut fixed, &mut fds)?;
+        let m = MigData::parse(&fixed)?;
+        let room = len - MigData::LEN;
+        if m.size as usize > room {
+            return Err(proto(&format!(
+                "MIG_DATA_READ reply says {} bytes but carries {room}",
+                m.size
+            )));
+        }
+        Ok(MigReadHead {
+            data: m.size as usize,
+            padding: room - m.size as usize,
+        })
+    }
+
+    /// Sends the header and fixed part of a MIG_DATA_WRITE of `n` bytes; exactly `n` bytes
+    /// of data must follow on [`Client::socket`].
+    pub fn send_mig_data_write_head(&mut self, n: usize) -> Result<()> {
+        let fixed = mig_write_fixed(n);
         let h = Header {
             msg_id: self.take_id(),
             command: cmd::MIG_DATA_WRITE,
-            size: (HEADER_LEN + 8 + n) as u32,
+            size: (HEADER_LEN + MigData::LEN + n) as u32,
             flags: msg::TYPE_COMMAND,
             error: 0,
         };
-        let fixed = Payload::new().u32(8).u32(n as u32);
-        sock::send_all(&self.sock, &[&h.encode(), &fixed.0], &[])?;
+        sock::send_all(&self.sock, &[&h.encode(), &fixed], &[])?;
         Ok(())
     }
 
     /// Receives a MIG_DATA_WRITE reply; its errno as an error.
-    pub(crate) fn recv_mig_write_reply(&mut self) -> Result<()> {
+    pub fn recv_mig_data_write_reply(&mut self) -> Result<()> {
         let r = self.recv()?;
-        if r.header.command != cmd::MIG_DATA_WRITE || r.header.kind() != msg::TYPE_REPLY {
-            return Err(proto("reply does not match MIG_DATA_WRITE"));
-        }
-        if let Some(errno) = r.header.errno() {
-            return Err(ClientError::Remote {
-                command: "MIG_DATA_WRITE",
-                errno,
-            });
-        }
-        Ok(())
+        Self::check_reply(&r.header, cmd::MIG_DATA_WRITE)
     }
 
-    /// The socket, for the relay.
-    pub(crate) fn socket(&self) -> &UnixStream {
-        &self.sock
-    }
-
-    fn take_id(&mut self) -> u16 {
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
-        id
-    }
-
-    /// MIG_DATA_WRITE of all of `data`, split into `max_xfer` pieces.
-    pub fn mig_data_write(&mut self, data: &[u8]) -> Result<()> {
-        for chunk in data.chunks(self.max_xfer as usize) {
-            self.send_mig_write_header(chunk.len())?;
-            sock::send_all(&self.sock, &[chunk], &[])?;
-            self.recv_mig_write_reply()?;
+    /// Reads and drops `n` bytes of the current message.
+    pub fn discard(&mut self, n: usize) -> Result<()> {
+        let mut buf = [0u8; 4096];
+        let mut fds = Vec::new();
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(buf.len());
+            sock::recv_rest(&self.sock, &mut buf[..k], &mut fds)?;
+            left -= k;
         }
         Ok(())
     }
+}
+
+/// The fixed part of a MIG_DATA_WRITE of `n` bytes: `argsz` is the whole structure with its
+/// data, as for every vfio-user request with data (and as libvfio-user requires).
+fn mig_write_fixed(n: usize) -> [u8; MigData::LEN] {
+    let mut b = [0u8; MigData::LEN];
+    let m = MigData {
+        argsz: (MigData::LEN + n) as u32,
+        size: n as u32,
+    };
+    b.copy_from_slice(&m.to_vec());
+    b
 }
 
 fn proto(s: &str) -> ClientError {

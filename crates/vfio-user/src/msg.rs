@@ -7,6 +7,7 @@
 //! payload, or a size beyond the negotiated maximum is an error, never a panic or an allocation
 //! sized by the peer.
 
+use thiserror::Error;
 use vfio_core::Errno;
 
 /// Header length.
@@ -213,190 +214,305 @@ impl Payload {
     }
 }
 
-/// A decoded command.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Request<'a> {
-    Version {
-        major: u16,
-        minor: u16,
-        /// The JSON text without its NUL (empty if absent).
-        json: &'a str,
+/// Why a message could not be decoded. Each keeps its cause and maps to its own errno.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The payload is shorter than the message's fixed part (`EINVAL`).
+    #[error("{what}: {have} bytes, the fixed part needs {need}")]
+    Short {
+        what: &'static str,
+        need: usize,
+        have: usize,
     },
-    DmaMap {
-        flags: u32,
-        offset: u64,
-        address: u64,
-        size: u64,
-    },
-    DmaUnmap {
-        argsz: u32,
-        flags: u32,
-        address: u64,
-        size: u64,
-    },
-    GetInfo {
-        argsz: u32,
-    },
-    GetRegionInfo {
-        argsz: u32,
-        index: u32,
-    },
-    GetIrqInfo {
-        argsz: u32,
-        index: u32,
-    },
-    SetIrqs {
-        flags: u32,
-        index: u32,
-        start: u32,
+    /// A data count beyond the negotiated `max_data_xfer_size` (`EMSGSIZE`).
+    #[error("{what}: {count} bytes exceed max_data_xfer_size {max}")]
+    TooLarge {
+        what: &'static str,
         count: u32,
+        max: u32,
     },
-    RegionRead {
-        offset: u64,
-        region: u32,
+    /// A count that disagrees with the data carried (`EINVAL`).
+    #[error("{what}: count {count} but {data} data bytes")]
+    CountMismatch {
+        what: &'static str,
         count: u32,
+        data: usize,
     },
-    RegionWrite {
-        offset: u64,
-        region: u32,
-        data: &'a [u8],
-    },
-    Reset,
-    Feature {
-        argsz: u32,
-        flags: u32,
-        data: &'a [u8],
-    },
-    MigDataRead {
-        argsz: u32,
-        size: u32,
-    },
-    MigDataWrite {
-        data: &'a [u8],
-    },
-    /// A command this server does not implement (replied with `EOPNOTSUPP`).
+    /// VERSION capabilities that are not UTF-8 (`EINVAL`).
+    #[error("VERSION: capabilities are not UTF-8")]
+    NotUtf8,
+    /// A VERSION payload over 64 KiB (`E2BIG`).
+    #[error("VERSION: {0} bytes of capabilities exceed 64 KiB")]
+    VersionTooLarge(usize),
+    /// A command this implementation does not know (`EOPNOTSUPP`).
+    #[error("command {0} is not supported")]
     Unsupported(u16),
 }
 
-/// Decodes a command payload. `max_xfer` bounds data counts.
-pub fn decode<'a>(h: &Header, payload: &'a [u8], max_xfer: u32) -> Result<Request<'a>, Errno> {
-    let f = Fields(payload);
-    let count_ok = |count: u32| {
-        if count > max_xfer {
-            Err(Errno::EINVAL)
-        } else {
-            Ok(count)
+impl DecodeError {
+    /// The errno an error reply carries for this failure.
+    pub fn errno(&self) -> Errno {
+        match self {
+            DecodeError::Short { .. }
+            | DecodeError::CountMismatch { .. }
+            | DecodeError::NotUtf8 => Errno::EINVAL,
+            DecodeError::TooLarge { .. } => Errno::EMSGSIZE,
+            DecodeError::VersionTooLarge(_) => Errno::E2BIG,
+            DecodeError::Unsupported(_) => Errno::EOPNOTSUPP,
+        }
+    }
+}
+
+impl From<DecodeError> for Errno {
+    fn from(e: DecodeError) -> Errno {
+        e.errno()
+    }
+}
+
+fn need(what: &'static str, p: &[u8], n: usize) -> Result<(), DecodeError> {
+    if p.len() < n {
+        return Err(DecodeError::Short {
+            what,
+            need: n,
+            have: p.len(),
+        });
+    }
+    Ok(())
+}
+
+fn within(what: &'static str, count: u32, max: u32) -> Result<u32, DecodeError> {
+    if count > max {
+        return Err(DecodeError::TooLarge { what, count, max });
+    }
+    Ok(count)
+}
+
+/// Defines a message whose payload is a fixed list of `u32`/`u64` fields in host byte order:
+/// the struct, its length, `parse` (checks the length; bytes past the fixed part are ignored,
+/// as VFIO's `argsz` convention allows) and `emit`.
+macro_rules! fixed_message {
+    ($(#[$doc:meta])* $name:ident, $what:literal { $($field:ident: $ty:ident),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct $name {
+            $(pub $field: $ty,)*
+        }
+
+        impl $name {
+            /// Length of the fixed part.
+            pub const LEN: usize = 0 $(+ std::mem::size_of::<$ty>())*;
+
+            /// Parses the fixed part from `p`.
+            pub fn parse(p: &[u8]) -> Result<$name, DecodeError> {
+                need($what, p, Self::LEN)?;
+                let f = Fields(p);
+                let mut _at = 0usize;
+                $(
+                    let $field = f.$ty(_at).unwrap_or_default();
+                    _at += std::mem::size_of::<$ty>();
+                )*
+                Ok($name { $($field,)* })
+            }
+
+            /// Appends the fixed part to `out`.
+            pub fn emit(&self, out: &mut Vec<u8>) {
+                $(out.extend_from_slice(&self.$field.to_ne_bytes());)*
+            }
+
+            /// The fixed part as bytes.
+            pub fn to_vec(&self) -> Vec<u8> {
+                let mut v = Vec::with_capacity(Self::LEN);
+                self.emit(&mut v);
+                v
+            }
         }
     };
-    Ok(match h.command {
-        cmd::VERSION => {
-            let f = f.need(4)?;
-            let raw = f.tail(4)?;
-            if raw.len() > MAX_VERSION_PAYLOAD {
-                return Err(Errno::E2BIG);
-            }
-            let raw = match raw.iter().position(|&b| b == 0) {
-                Some(nul) => &raw[..nul],
-                None => raw,
-            };
-            Request::Version {
-                major: f.u16(0)?,
-                minor: f.u16(2)?,
-                json: std::str::from_utf8(raw).map_err(|_| Errno::EINVAL)?,
-            }
+}
+
+fixed_message! {
+    /// DMA_MAP request: `struct vfio_user_dma_map` (an fd may come with it).
+    DmaMap, "DMA_MAP" { argsz: u32, flags: u32, offset: u64, address: u64, size: u64 }
+}
+fixed_message! {
+    /// DMA_UNMAP request and reply: `struct vfio_user_dma_unmap`.
+    DmaUnmap, "DMA_UNMAP" { argsz: u32, flags: u32, address: u64, size: u64 }
+}
+fixed_message! {
+    /// DEVICE_GET_INFO request and reply: `struct vfio_device_info`.
+    DeviceInfo, "DEVICE_GET_INFO" { argsz: u32, flags: u32, num_regions: u32, num_irqs: u32 }
+}
+fixed_message! {
+    /// DEVICE_GET_REGION_INFO request and reply: `struct vfio_region_info` (`offset` is the
+    /// offset to pass to mmap of the fd sent with the reply).
+    RegionInfo, "DEVICE_GET_REGION_INFO" {
+        argsz: u32, flags: u32, index: u32, cap_offset: u32, size: u64, offset: u64
+    }
+}
+fixed_message! {
+    /// DEVICE_GET_IRQ_INFO request and reply: `struct vfio_irq_info`.
+    IrqInfo, "DEVICE_GET_IRQ_INFO" { argsz: u32, flags: u32, index: u32, count: u32 }
+}
+fixed_message! {
+    /// DEVICE_SET_IRQS request: `struct vfio_irq_set` (eventfds come as fds).
+    SetIrqs, "DEVICE_SET_IRQS" { argsz: u32, flags: u32, index: u32, start: u32, count: u32 }
+}
+fixed_message! {
+    /// The fixed part of REGION_READ and REGION_WRITE, request and reply.
+    RegionAccess, "REGION_ACCESS" { offset: u64, region: u32, count: u32 }
+}
+fixed_message! {
+    /// The fixed part of DEVICE_FEATURE, request and reply: `struct vfio_device_feature`.
+    Feature, "DEVICE_FEATURE" { argsz: u32, flags: u32 }
+}
+fixed_message! {
+    /// The fixed part of MIG_DATA_READ and MIG_DATA_WRITE, request and reply:
+    /// `struct vfio_user_mig_data`.
+    MigData, "MIG_DATA" { argsz: u32, size: u32 }
+}
+
+/// VERSION, request and reply: `u16 major, u16 minor`, then the JSON capabilities
+/// (NUL-terminated when sent; accepted with or without the NUL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Version<'a> {
+    pub major: u16,
+    pub minor: u16,
+    /// The JSON text without its NUL (empty if absent).
+    pub json: &'a str,
+}
+
+impl<'a> Version<'a> {
+    pub fn parse(p: &'a [u8]) -> Result<Version<'a>, DecodeError> {
+        need("VERSION", p, 4)?;
+        let raw = &p[4..];
+        if raw.len() > MAX_VERSION_PAYLOAD {
+            return Err(DecodeError::VersionTooLarge(raw.len()));
         }
-        cmd::DMA_MAP => {
-            let f = f.need(32)?;
-            Request::DmaMap {
-                flags: f.u32(4)?,
-                offset: f.u64(8)?,
-                address: f.u64(16)?,
-                size: f.u64(24)?,
-            }
+        let raw = raw.split(|&b| b == 0).next().unwrap_or(&[]);
+        let f = Fields(p);
+        Ok(Version {
+            major: f.u16(0).unwrap_or_default(),
+            minor: f.u16(2).unwrap_or_default(),
+            json: std::str::from_utf8(raw).map_err(|_| DecodeError::NotUtf8)?,
+        })
+    }
+
+    pub fn emit(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.major.to_ne_bytes());
+        out.extend_from_slice(&self.minor.to_ne_bytes());
+        out.extend_from_slice(self.json.as_bytes());
+        out.push(0);
+    }
+
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(5 + self.json.len());
+        self.emit(&mut v);
+        v
+    }
+}
+
+impl RegionAccess {
+    /// A REGION_WRITE request (or REGION_READ reply): the fixed part and exactly `count` data
+    /// bytes, at most `max_xfer`.
+    pub fn parse_with_data(p: &[u8], max_xfer: u32) -> Result<(RegionAccess, &[u8]), DecodeError> {
+        let r = RegionAccess::parse(p)?;
+        within("REGION_ACCESS", r.count, max_xfer)?;
+        let data = &p[Self::LEN..];
+        if data.len() != r.count as usize {
+            return Err(DecodeError::CountMismatch {
+                what: "REGION_ACCESS",
+                count: r.count,
+                data: data.len(),
+            });
         }
-        cmd::DMA_UNMAP => {
-            let f = f.need(24)?;
-            Request::DmaUnmap {
-                argsz: f.u32(0)?,
-                flags: f.u32(4)?,
-                address: f.u64(8)?,
-                size: f.u64(16)?,
-            }
+        Ok((r, data))
+    }
+}
+
+impl MigData {
+    /// A MIG_DATA_WRITE request: the fixed part and `size` data bytes (at most `max_xfer`).
+    /// Bytes past `size` are not data: refused here, as the message's size must match.
+    pub fn parse_write(p: &[u8], max_xfer: u32) -> Result<(MigData, &[u8]), DecodeError> {
+        let m = MigData::parse(p)?;
+        within("MIG_DATA_WRITE", m.size, max_xfer)?;
+        let data = &p[Self::LEN..];
+        if data.len() != m.size as usize {
+            return Err(DecodeError::CountMismatch {
+                what: "MIG_DATA_WRITE",
+                count: m.size,
+                data: data.len(),
+            });
         }
-        cmd::DEVICE_GET_INFO => Request::GetInfo {
-            argsz: f.need(16)?.u32(0)?,
-        },
-        cmd::DEVICE_GET_REGION_INFO => {
-            let f = f.need(32)?;
-            Request::GetRegionInfo {
-                argsz: f.u32(0)?,
-                index: f.u32(8)?,
-            }
+        Ok((m, data))
+    }
+
+    /// A MIG_DATA_READ reply: `size` bytes of data, which may be followed by padding (some
+    /// servers always send the requested length); the padding is dropped.
+    pub fn parse_read_reply(p: &[u8]) -> Result<(MigData, &[u8]), DecodeError> {
+        let m = MigData::parse(p)?;
+        let data = &p[Self::LEN..];
+        if data.len() < m.size as usize {
+            return Err(DecodeError::CountMismatch {
+                what: "MIG_DATA_READ reply",
+                count: m.size,
+                data: data.len(),
+            });
         }
-        cmd::DEVICE_GET_IRQ_INFO => {
-            let f = f.need(16)?;
-            Request::GetIrqInfo {
-                argsz: f.u32(0)?,
-                index: f.u32(8)?,
+        Ok((m, &data[..m.size as usize]))
+    }
+}
+
+/// A decoded command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request<'a> {
+    Version(Version<'a>),
+    DmaMap(DmaMap),
+    DmaUnmap(DmaUnmap),
+    DeviceInfo(DeviceInfo),
+    RegionInfo(RegionInfo),
+    IrqInfo(IrqInfo),
+    SetIrqs(SetIrqs),
+    RegionRead(RegionAccess),
+    RegionWrite(RegionAccess, &'a [u8]),
+    Reset,
+    Feature(Feature, &'a [u8]),
+    MigDataRead(MigData),
+    MigDataWrite(MigData, &'a [u8]),
+}
+
+impl<'a> Request<'a> {
+    /// Decodes a command's payload. `max_xfer` bounds data counts.
+    pub fn decode(command: u16, p: &'a [u8], max_xfer: u32) -> Result<Request<'a>, DecodeError> {
+        Ok(match command {
+            cmd::VERSION => Request::Version(Version::parse(p)?),
+            cmd::DMA_MAP => Request::DmaMap(DmaMap::parse(p)?),
+            cmd::DMA_UNMAP => Request::DmaUnmap(DmaUnmap::parse(p)?),
+            cmd::DEVICE_GET_INFO => Request::DeviceInfo(DeviceInfo::parse(p)?),
+            cmd::DEVICE_GET_REGION_INFO => Request::RegionInfo(RegionInfo::parse(p)?),
+            cmd::DEVICE_GET_IRQ_INFO => Request::IrqInfo(IrqInfo::parse(p)?),
+            cmd::DEVICE_SET_IRQS => Request::SetIrqs(SetIrqs::parse(p)?),
+            cmd::REGION_READ => {
+                let r = RegionAccess::parse(p)?;
+                within("REGION_READ", r.count, max_xfer)?;
+                Request::RegionRead(r)
             }
-        }
-        cmd::DEVICE_SET_IRQS => {
-            let f = f.need(20)?;
-            Request::SetIrqs {
-                flags: f.u32(4)?,
-                index: f.u32(8)?,
-                start: f.u32(12)?,
-                count: f.u32(16)?,
+            cmd::REGION_WRITE => {
+                let (r, data) = RegionAccess::parse_with_data(p, max_xfer)?;
+                Request::RegionWrite(r, data)
             }
-        }
-        cmd::REGION_READ => {
-            let f = f.need(16)?;
-            Request::RegionRead {
-                offset: f.u64(0)?,
-                region: f.u32(8)?,
-                count: count_ok(f.u32(12)?)?,
+            cmd::DEVICE_RESET => Request::Reset,
+            cmd::DEVICE_FEATURE => Request::Feature(Feature::parse(p)?, &p[Feature::LEN..]),
+            cmd::MIG_DATA_READ => {
+                let m = MigData::parse(p)?;
+                within("MIG_DATA_READ", m.size, max_xfer)?;
+                Request::MigDataRead(m)
             }
-        }
-        cmd::REGION_WRITE => {
-            let f = f.need(16)?;
-            let count = count_ok(f.u32(12)?)?;
-            let data = f.tail(16)?;
-            if data.len() != count as usize {
-                return Err(Errno::EINVAL);
+            cmd::MIG_DATA_WRITE => {
+                let (m, data) = MigData::parse_write(p, max_xfer)?;
+                Request::MigDataWrite(m, data)
             }
-            Request::RegionWrite {
-                offset: f.u64(0)?,
-                region: f.u32(8)?,
-                data,
-            }
-        }
-        cmd::DEVICE_RESET => Request::Reset,
-        cmd::DEVICE_FEATURE => {
-            let f = f.need(8)?;
-            Request::Feature {
-                argsz: f.u32(0)?,
-                flags: f.u32(4)?,
-                data: f.tail(8)?,
-            }
-        }
-        cmd::MIG_DATA_READ => {
-            let f = f.need(8)?;
-            Request::MigDataRead {
-                argsz: f.u32(0)?,
-                size: count_ok(f.u32(4)?)?,
-            }
-        }
-        cmd::MIG_DATA_WRITE => {
-            let f = f.need(8)?;
-            let size = count_ok(f.u32(4)?)?;
-            let data = f.tail(8)?;
-            if data.len() != size as usize {
-                return Err(Errno::EINVAL);
-            }
-            Request::MigDataWrite { data }
-        }
-        other => Request::Unsupported(other),
-    })
+            other => return Err(DecodeError::Unsupported(other)),
+        })
+    }
 }
 
 /// The name of a command id, for messages.
@@ -420,176 +536,5 @@ pub fn command_name(c: u16) -> &'static str {
         cmd::MIG_DATA_READ => "MIG_DATA_READ",
         cmd::MIG_DATA_WRITE => "MIG_DATA_WRITE",
         _ => "UNKNOWN",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    // Vectors written from the spec's tables (host order = little-endian on x86-64).
-
-    #[test]
-    fn header_vector() {
-        let h = Header {
-            msg_id: 0x0102,
-            command: cmd::REGION_READ,
-            size: 0x20,
-            flags: TYPE_REPLY | FLAG_ERROR,
-            error: 22,
-        };
-        let b = [
-            0x02, 0x01, 0x09, 0x00, 0x20, 0x00, 0x00, 0x00, 0x21, 0x00, 0x00, 0x00, 0x16, 0x00,
-            0x00, 0x00,
-        ];
-        assert_eq!(h.encode(), b);
-        assert_eq!(Header::decode(&b), h);
-        assert_eq!(h.errno(), Some(Errno::EINVAL));
-        assert_eq!(h.kind(), TYPE_REPLY);
-        assert_eq!(h.check_size(64), Ok(16));
-        let tiny = Header { size: 15, ..h };
-        assert_eq!(tiny.check_size(64), Err(Errno::EINVAL));
-        let big = Header { size: 65, ..h };
-        assert_eq!(big.check_size(64), Err(Errno::EMSGSIZE));
-        let r = Header {
-            msg_id: 7,
-            command: 4,
-            size: 16,
-            flags: 0,
-            error: 0,
-        }
-        .error_reply(Errno::ENOTTY);
-        assert_eq!(
-            r.encode(),
-            [7, 0, 4, 0, 16, 0, 0, 0, 0x21, 0, 0, 0, 25, 0, 0, 0]
-        );
-        let nr = Header {
-            flags: FLAG_NO_REPLY,
-            ..Header::default()
-        };
-        assert!(nr.no_reply());
-    }
-
-    fn h(command: u16) -> Header {
-        Header {
-            command,
-            ..Header::default()
-        }
-    }
-
-    #[test]
-    fn region_access_vectors() {
-        // REGION_READ: offset 0x190240, region 0, count 4.
-        let p = [0x40, 0x02, 0x19, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0];
-        assert_eq!(
-            decode(&h(cmd::REGION_READ), &p, 1 << 20),
-            Ok(Request::RegionRead {
-                offset: 0x190240,
-                region: 0,
-                count: 4
-            })
-        );
-        assert_eq!(
-            decode(&h(cmd::REGION_READ), &p, 3),
-            Err(Errno::EINVAL),
-            "over max_xfer"
-        );
-        assert_eq!(
-            decode(&h(cmd::REGION_READ), &p[..15], 1 << 20),
-            Err(Errno::EINVAL)
-        );
-        // REGION_WRITE: offset 0x10, region 2, count 2, data [0xaa, 0xbb].
-        let w = [
-            0x10, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0xaa, 0xbb,
-        ];
-        assert_eq!(
-            decode(&h(cmd::REGION_WRITE), &w, 1 << 20),
-            Ok(Request::RegionWrite {
-                offset: 0x10,
-                region: 2,
-                data: &[0xaa, 0xbb]
-            })
-        );
-        assert_eq!(
-            decode(&h(cmd::REGION_WRITE), &w[..17], 1 << 20),
-            Err(Errno::EINVAL),
-            "count ≠ data"
-        );
-    }
-
-    #[test]
-    fn info_and_feature_vectors() {
-        let gi = [16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        assert_eq!(
-            decode(&h(cmd::DEVICE_GET_INFO), &gi, 0),
-            Ok(Request::GetInfo { argsz: 16 })
-        );
-        let mut ri = [0u8; 32];
-        ri[0] = 32;
-        ri[8] = 7;
-        assert_eq!(
-            decode(&h(cmd::DEVICE_GET_REGION_INFO), &ri, 0),
-            Ok(Request::GetRegionInfo {
-                argsz: 32,
-                index: 7
-            })
-        );
-        // DEVICE_FEATURE: argsz 16, flags GET | MIGRATION.
-        let f = [16, 0, 0, 0, 1, 0, 1, 0];
-        assert_eq!(
-            decode(&h(cmd::DEVICE_FEATURE), &f, 0),
-            Ok(Request::Feature {
-                argsz: 16,
-                flags: feature::GET | feature::MIGRATION,
-                data: &[]
-            })
-        );
-        // MIG_DATA_READ: argsz 0x100008, size 0x100000.
-        let r = [8, 0, 0x10, 0, 0, 0, 0x10, 0];
-        assert_eq!(
-            decode(&h(cmd::MIG_DATA_READ), &r, 1 << 20),
-            Ok(Request::MigDataRead {
-                argsz: 0x10_0008,
-                size: 0x10_0000
-            })
-        );
-        // MIG_DATA_WRITE: argsz 8, size 3, data.
-        let w = [8, 0, 0, 0, 3, 0, 0, 0, 1, 2, 3];
-        assert_eq!(
-            decode(&h(cmd::MIG_DATA_WRITE), &w, 8),
-            Ok(Request::MigDataWrite { data: &[1, 2, 3] })
-        );
-        assert_eq!(
-            decode(&h(cmd::MIG_DATA_WRITE), &w[..10], 8),
-            Err(Errno::EINVAL)
-        );
-        // VERSION: 0.1 + JSON + NUL.
-        let mut v = vec![0, 0, 1, 0];
-        v.extend_from_slice(b"{\"capabilities\":{}}\0");
-        assert_eq!(
-            decode(&h(cmd::VERSION), &v, 0),
-            Ok(Request::Version {
-                major: 0,
-                minor: 1,
-                json: "{\"capabilities\":{}}"
-            })
-        );
-        assert_eq!(
-            decode(&h(cmd::VERSION), &[0, 0, 1, 0, 0xff, 0], 0),
-            Err(Errno::EINVAL),
-            "not UTF-8"
-        );
-        assert_eq!(decode(&h(200), &[], 0), Ok(Request::Unsupported(200)));
-        assert_eq!(decode(&h(cmd::DEVICE_RESET), &[], 0), Ok(Request::Reset));
-    }
-
-    #[test]
-    fn payload_builder_matches_fields() {
-        let p = Payload::new().u16(1).u32(2).u64(3).bytes(&[9]).0;
-        assert_eq!(p, [1, 0, 2, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 9]);
-        let f = Fields(&p);
-        assert_eq!((f.u16(0), f.u32(2), f.u64(6)), (Ok(1), Ok(2), Ok(3)));
-        assert_eq!(f.u64(8), Err(Errno::EINVAL));
-        assert_eq!(max_message_size(1 << 20), 32 + (1 << 20));
     }
 }

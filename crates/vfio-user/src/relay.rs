@@ -15,7 +15,7 @@
 //! `splice` has no `MSG_NOSIGNAL`: a destination that hangs up raises `SIGPIPE`, which Rust
 //! programs ignore (the error then arrives as `EPIPE`); C hosts must ignore it too.
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, MigReadHead};
 use rustix::fd::OwnedFd;
 use rustix::pipe::{PipeFlags, SpliceFlags};
 use std::collections::VecDeque;
@@ -134,7 +134,7 @@ impl Relay {
         let failure: Failure = loop {
             let mut unsent = None;
             while reads < DEPTH {
-                if let Err(err) = src.send_mig_read(want) {
+                if let Err(err) = src.send_mig_data_read(want) {
                     unsent = Some(err);
                     break;
                 }
@@ -143,8 +143,8 @@ impl Relay {
             if let Some(err) = unsent {
                 break (RelayError::Source { at: total, err }, false, true);
             }
-            let n = match src.recv_mig_read_header(want) {
-                Ok(n) => n,
+            let (n, padding) = match src.recv_mig_data_read_head(want) {
+                Ok(h) => (h.data, h.padding),
                 Err(err) => {
                     // An error reply is a whole message: the connection stays in step.
                     let ok = remote(&err);
@@ -155,9 +155,9 @@ impl Relay {
             reads -= 1;
             if n > 0 {
                 let at = total + writes.iter().sum::<usize>() as u64;
-                if let Err(err) = dst.send_mig_write_header(n) {
+                if let Err(err) = dst.send_mig_data_write_head(n) {
                     // The destination is gone; take the data off the source's connection.
-                    self.discard(src, n);
+                    self.discard(src, n + padding);
                     break (RelayError::Destination { at, err }, true, false);
                 }
                 match self.pass(src.socket(), dst.socket(), n) {
@@ -166,18 +166,23 @@ impl Relay {
                         break (RelayError::Source { at, err: e.into() }, false, false);
                     }
                     Err(Side::Dst(e, left)) => {
-                        self.discard(src, left);
+                        self.discard(src, left + padding);
                         break (RelayError::Destination { at, err: e.into() }, true, false);
                     }
                 }
                 writes.push_back(n);
+            }
+            if padding > 0 {
+                if let Err(err) = src.discard(padding) {
+                    break (RelayError::Source { at: total, err }, false, true);
+                }
             }
             let end = n < want;
             // Take write answers down to DEPTH - 1 in flight (none once the source ended).
             let keep = if end { 0 } else { DEPTH - 1 };
             let mut failed = None;
             while writes.len() > keep {
-                let r = dst.recv_mig_write_reply();
+                let r = dst.recv_mig_data_write_reply();
                 let n = writes.pop_front().unwrap_or(0);
                 if let Err(err) = r {
                     let ok = remote(&err);
@@ -193,9 +198,13 @@ impl Relay {
             if end {
                 // Reads sent after the last chunk are answered with no data.
                 for _ in 0..reads {
-                    match src.recv_mig_read_header(want) {
-                        Ok(0) => {}
-                        Ok(n) => {
+                    match src.recv_mig_data_read_head(want) {
+                        Ok(h) if h.data == 0 => {
+                            if let Err(err) = src.discard(h.padding) {
+                                return Err(RelayError::Source { at: total, err });
+                            }
+                        }
+                        Ok(MigReadHead { data: n, .. }) => {
                             return Err(RelayError::Source {
                                 at: total,
                                 err: ClientError::Protocol(format!(
@@ -218,7 +227,7 @@ impl Relay {
         }
         if dst_in_step {
             for _ in 0..writes.len() {
-                let _ = dst.recv_mig_write_reply();
+                let _ = dst.recv_mig_data_write_reply();
             }
         }
         Err(err)
@@ -275,8 +284,8 @@ impl Relay {
 
     /// Reads and drops one MIG_DATA_READ reply (best effort).
     fn discard_reply(&mut self, src: &mut Client, want: usize) {
-        if let Ok(n) = src.recv_mig_read_header(want) {
-            self.discard(src, n);
+        if let Ok(h) = src.recv_mig_data_read_head(want) {
+            self.discard(src, h.data + h.padding);
         }
     }
 

@@ -48,6 +48,18 @@ pub fn recv_exact(sock: impl AsFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io
     Ok(done)
 }
 
+/// Reads exactly `buf.len()` bytes of a message whose start already arrived: a clean EOF here
+/// is a truncated message too.
+pub fn recv_rest(sock: impl AsFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<()> {
+    if recv_exact(sock, buf, fds)? == 0 && !buf.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "truncated message",
+        ));
+    }
+    Ok(())
+}
+
 /// Writes every byte of `parts`, passing `fds` with the first chunk.
 pub fn send_all(sock: impl AsFd, parts: &[&[u8]], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     let total: usize = parts.iter().map(|p| p.len()).sum();

@@ -54,16 +54,16 @@ fn bad_messages_get_error_replies_and_serving_goes_on() {
     // REGION_WRITE whose count disagrees with its data.
     let w = p(Payload::new().u64(0x190240).u32(0).u32(8).u32(1));
     assert_eq!(errno_of(&mut c, cmd::REGION_WRITE, &w), Some(Errno::EINVAL));
-    // Counts beyond max_data_xfer_size.
+    // Counts beyond max_data_xfer_size: EMSGSIZE (a too-long message, not a bad argument).
     let big = p(Payload::new().u64(0).u32(region::BAR2).u32((1 << 20) + 1));
     assert_eq!(
         errno_of(&mut c, cmd::REGION_READ, &big),
-        Some(Errno::EINVAL)
+        Some(Errno::EMSGSIZE)
     );
     let mr = p(Payload::new().u32(u32::MAX).u32((1 << 20) + 1));
     assert_eq!(
         errno_of(&mut c, cmd::MIG_DATA_READ, &mr),
-        Some(Errno::EINVAL)
+        Some(Errno::EMSGSIZE)
     );
     // Region accesses out of bounds, bad indices.
     let mut b = [0u8; 8];
@@ -282,7 +282,7 @@ fn version_negotiation_honours_max_data_xfer_size() {
     let big = Payload::new().u64(0).u32(region::BAR2).u32(4097).0;
     assert_eq!(
         c.raw(cmd::REGION_READ, 0, &big).unwrap().header.errno(),
-        Some(Errno::EINVAL)
+        Some(Errno::EMSGSIZE)
     );
     let mut buf = vec![0u8; 10_000];
     c.region_read(region::BAR2, 0, &mut buf).unwrap();

@@ -538,3 +538,284 @@ pub fn command_name(c: u16) -> &'static str {
         _ => "UNKNOWN",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Vectors written from the spec's tables (host order = little-endian on x86-64), checked
+    // in both directions: emit gives exactly these bytes, parse gives back the same value.
+
+    fn both<T: PartialEq + std::fmt::Debug>(
+        v: T,
+        bytes: &[u8],
+        emit: impl Fn(&T) -> Vec<u8>,
+        parse: impl Fn(&[u8]) -> Result<T, DecodeError>,
+    ) {
+        assert_eq!(emit(&v), bytes, "emit");
+        assert_eq!(parse(bytes), Ok(v), "parse");
+    }
+
+    #[test]
+    fn header_vector() {
+        let h = Header {
+            msg_id: 0x0102,
+            command: cmd::REGION_READ,
+            size: 0x20,
+            flags: TYPE_REPLY | FLAG_ERROR,
+            error: 22,
+        };
+        let b = [
+            0x02, 0x01, 0x09, 0x00, 0x20, 0x00, 0x00, 0x00, 0x21, 0x00, 0x00, 0x00, 0x16, 0x00,
+            0x00, 0x00,
+        ];
+        assert_eq!(h.encode(), b);
+        assert_eq!(Header::decode(&b), h);
+        assert_eq!(h.errno(), Some(Errno::EINVAL));
+        assert_eq!(h.kind(), TYPE_REPLY);
+        assert_eq!(h.check_size(64), Ok(16));
+        assert_eq!(Header { size: 15, ..h }.check_size(64), Err(Errno::EINVAL));
+        assert_eq!(
+            Header { size: 65, ..h }.check_size(64),
+            Err(Errno::EMSGSIZE)
+        );
+        let r = Header {
+            msg_id: 7,
+            command: 4,
+            ..Header::default()
+        }
+        .error_reply(Errno::ENOTTY);
+        assert_eq!(
+            r.encode(),
+            [7, 0, 4, 0, 16, 0, 0, 0, 0x21, 0, 0, 0, 25, 0, 0, 0]
+        );
+        assert!(Header {
+            flags: FLAG_NO_REPLY,
+            ..Header::default()
+        }
+        .no_reply());
+    }
+
+    #[test]
+    fn fixed_message_vectors() {
+        both(
+            DeviceInfo {
+                argsz: 16,
+                flags: 3,
+                num_regions: 9,
+                num_irqs: 5,
+            },
+            &[16, 0, 0, 0, 3, 0, 0, 0, 9, 0, 0, 0, 5, 0, 0, 0],
+            DeviceInfo::to_vec,
+            DeviceInfo::parse,
+        );
+        let mut ri = vec![32, 0, 0, 0, 7, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0];
+        ri.extend_from_slice(&(1u64 << 28).to_le_bytes());
+        ri.extend_from_slice(&0x1000u64.to_le_bytes());
+        both(
+            RegionInfo {
+                argsz: 32,
+                flags: 7,
+                index: 2,
+                cap_offset: 0,
+                size: 1 << 28,
+                offset: 0x1000,
+            },
+            &ri,
+            RegionInfo::to_vec,
+            RegionInfo::parse,
+        );
+        both(
+            IrqInfo {
+                argsz: 16,
+                flags: 9,
+                index: 2,
+                count: 1,
+            },
+            &[16, 0, 0, 0, 9, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0],
+            IrqInfo::to_vec,
+            IrqInfo::parse,
+        );
+        let mut dm = vec![32, 0, 0, 0, 3, 0, 0, 0];
+        for v in [0x10u64, 0x1_0000_0000, 0x2000] {
+            dm.extend_from_slice(&v.to_le_bytes());
+        }
+        both(
+            DmaMap {
+                argsz: 32,
+                flags: 3,
+                offset: 0x10,
+                address: 0x1_0000_0000,
+                size: 0x2000,
+            },
+            &dm,
+            DmaMap::to_vec,
+            DmaMap::parse,
+        );
+        both(
+            RegionAccess {
+                offset: 0x190240,
+                region: 0,
+                count: 4,
+            },
+            &[0x40, 0x02, 0x19, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0],
+            RegionAccess::to_vec,
+            RegionAccess::parse,
+        );
+        // DEVICE_FEATURE: argsz 16, flags GET | MIGRATION.
+        both(
+            Feature {
+                argsz: 16,
+                flags: feature::GET | feature::MIGRATION,
+            },
+            &[16, 0, 0, 0, 1, 0, 1, 0],
+            Feature::to_vec,
+            Feature::parse,
+        );
+        // MIG_DATA_READ: argsz 0x100008, size 0x100000.
+        both(
+            MigData {
+                argsz: 0x10_0008,
+                size: 0x10_0000,
+            },
+            &[8, 0, 0x10, 0, 0, 0, 0x10, 0],
+            MigData::to_vec,
+            MigData::parse,
+        );
+        // Bytes past the fixed part are ignored; too few are an error naming the message.
+        assert!(IrqInfo::parse(&[0; 20]).is_ok());
+        assert_eq!(
+            RegionInfo::parse(&[0; 31]),
+            Err(DecodeError::Short {
+                what: "DEVICE_GET_REGION_INFO",
+                need: 32,
+                have: 31
+            })
+        );
+    }
+
+    #[test]
+    fn version_vector() {
+        let mut v = vec![0, 0, 1, 0];
+        v.extend_from_slice(b"{\"capabilities\":{}}\0");
+        let want = Version {
+            major: 0,
+            minor: 1,
+            json: "{\"capabilities\":{}}",
+        };
+        assert_eq!(want.to_vec(), v);
+        assert_eq!(Version::parse(&v), Ok(want));
+        assert_eq!(Version::parse(&[0, 0, 1, 0]).unwrap().json, "", "no JSON");
+        assert_eq!(
+            Version::parse(&[0, 0, 1, 0, 0xff, 0]),
+            Err(DecodeError::NotUtf8)
+        );
+        let big = vec![b' '; 4 + MAX_VERSION_PAYLOAD + 1];
+        assert_eq!(
+            Version::parse(&big).unwrap_err().errno(),
+            Errno::E2BIG,
+            "over 64 KiB"
+        );
+    }
+
+    #[test]
+    fn requests_decode_with_distinct_errors() {
+        let rd = [0x40, 0x02, 0x19, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0];
+        assert_eq!(
+            Request::decode(cmd::REGION_READ, &rd, 1 << 20),
+            Ok(Request::RegionRead(RegionAccess {
+                offset: 0x190240,
+                region: 0,
+                count: 4
+            }))
+        );
+        let e = Request::decode(cmd::REGION_READ, &rd, 3).unwrap_err();
+        assert_eq!(e.errno(), Errno::EMSGSIZE, "over max_data_xfer_size: {e}");
+        let e = Request::decode(cmd::REGION_READ, &rd[..15], 1 << 20).unwrap_err();
+        assert_eq!(e.errno(), Errno::EINVAL, "short: {e}");
+        let w = [
+            0x10, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0xaa, 0xbb,
+        ];
+        assert_eq!(
+            Request::decode(cmd::REGION_WRITE, &w, 1 << 20),
+            Ok(Request::RegionWrite(
+                RegionAccess {
+                    offset: 0x10,
+                    region: 2,
+                    count: 2
+                },
+                &[0xaa, 0xbb][..]
+            ))
+        );
+        let e = Request::decode(cmd::REGION_WRITE, &w[..17], 1 << 20).unwrap_err();
+        assert!(matches!(e, DecodeError::CountMismatch { .. }), "{e}");
+        assert_eq!(e.errno(), Errno::EINVAL);
+        // MIG_DATA_WRITE: argsz 8 + 3, size 3, data.
+        let mw = [11, 0, 0, 0, 3, 0, 0, 0, 1, 2, 3];
+        assert_eq!(
+            Request::decode(cmd::MIG_DATA_WRITE, &mw, 8),
+            Ok(Request::MigDataWrite(
+                MigData { argsz: 11, size: 3 },
+                &[1, 2, 3][..]
+            ))
+        );
+        assert_eq!(
+            Request::decode(cmd::MIG_DATA_WRITE, &mw, 2)
+                .unwrap_err()
+                .errno(),
+            Errno::EMSGSIZE
+        );
+        assert_eq!(
+            Request::decode(cmd::MIG_DATA_WRITE, &mw[..10], 8)
+                .unwrap_err()
+                .errno(),
+            Errno::EINVAL
+        );
+        let e = Request::decode(200, &[], 0).unwrap_err();
+        assert_eq!(e, DecodeError::Unsupported(200));
+        assert_eq!(e.errno(), Errno::EOPNOTSUPP);
+        assert_eq!(
+            Request::decode(cmd::DEVICE_RESET, &[], 0),
+            Ok(Request::Reset)
+        );
+        assert_eq!(
+            Request::decode(cmd::DEVICE_FEATURE, &[16, 0, 0, 0, 2, 0, 2, 0, 9, 9], 0),
+            Ok(Request::Feature(
+                Feature {
+                    argsz: 16,
+                    flags: feature::SET | feature::MIG_DEVICE_STATE
+                },
+                &[9, 9][..]
+            ))
+        );
+    }
+
+    #[test]
+    fn mig_data_read_replies_may_be_padded() {
+        // size 3, then 5 bytes: 3 of data and 2 of padding (a peer that always sends the
+        // requested length).
+        let p = [13, 0, 0, 0, 3, 0, 0, 0, 1, 2, 3, 0, 0];
+        let (m, d) = MigData::parse_read_reply(&p).unwrap();
+        assert_eq!((m.size, d), (3, &[1, 2, 3][..]));
+        // A size beyond what the message carries is refused.
+        let e = MigData::parse_read_reply(&p[..10]).unwrap_err();
+        assert!(matches!(
+            e,
+            DecodeError::CountMismatch {
+                count: 3,
+                data: 2,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn payload_builder_matches_fields() {
+        let p = Payload::new().u16(1).u32(2).u64(3).bytes(&[9]).0;
+        assert_eq!(p, [1, 0, 2, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 9]);
+        let f = Fields(&p);
+        assert_eq!((f.u16(0), f.u32(2), f.u64(6)), (Ok(1), Ok(2), Ok(3)));
+        assert_eq!(f.u64(8), Err(Errno::EINVAL));
+        assert_eq!(max_message_size(1 << 20), 32 + (1 << 20));
+    }
+}

@@ -141,7 +141,15 @@ fn pause_in_progress_is_ealready() {
         .inject(1, Some(0), GucOp::Pause, Fault::Timeout, 1);
     let p2 = pf.clone();
     let t = std::thread::spawn(move || p2.suspend_device(1));
-    std::thread::sleep(Duration::from_millis(100));
+    // The GT worker consumed the fault: the pause is in progress and will not be answered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pf.faults().armed(1, Some(0), GucOp::Pause) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pause never started"
+        );
+        std::thread::yield_now();
+    }
     assert_eq!(pf.suspend_device(1), Err(Errno::EALREADY));
     assert_eq!(t.join().unwrap(), Err(Errno::ETIMEDOUT));
 }

@@ -52,7 +52,7 @@ fn paused_vf_records_doorbells_and_runs_them_after_resume() {
     pf.suspend_device(1).unwrap();
     let bells = hw.read_reg(vf::DOORBELLS);
     w.submit_random(50).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    assert!(hw.wait_engine_settled(Duration::from_secs(10)));
     assert_eq!(hw.read_reg(vf::SEQNO), 10, "nothing runs while paused");
     assert_eq!(hw.read_reg(vf::DOORBELLS), bells + 50, "doorbells recorded");
     assert_ne!(hw.read_reg(vf::RING_TAIL), hw.read_reg(vf::RING_HEAD));
@@ -67,16 +67,10 @@ fn paused_vf_records_doorbells_and_runs_them_after_resume() {
     w.verify().unwrap();
 }
 
-/// Polls a register until it has `want` (up to 10 s).
-fn wait_reg(hw: &xe_pf::hw::VfHw, off: u64, want: u32) -> u32 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let v = hw.read_reg(off);
-        if v == want || std::time::Instant::now() > deadline {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+/// A register once the engine has settled (run what it could, up to 10 s).
+fn settled_reg(hw: &xe_pf::hw::VfHw, off: u64) -> u32 {
+    assert!(hw.wait_engine_settled(Duration::from_secs(10)));
+    hw.read_reg(off)
 }
 
 #[test]
@@ -92,14 +86,14 @@ fn bad_jobs_report_errors_and_the_engine_keeps_going() {
     })
     .unwrap();
     w.doorbell().unwrap();
-    assert_eq!(wait_reg(&hw, vf::ERROR, vf::ERR_FAULT), vf::ERR_FAULT);
+    assert_eq!(settled_reg(&hw, vf::ERROR), vf::ERR_FAULT);
     assert_ne!(hw.read_reg(vf::STATUS) & vf::STATUS_ERROR, 0);
     hw.write_reg(vf::ERROR, 0);
     assert_eq!(hw.read_reg(vf::ERROR), 0);
     // A bad ring size drops the queue with ERR_RING.
     hw.write_reg(vf::RING_SIZE, 100);
     hw.write_reg(vf::RING_TAIL, 64);
-    assert_eq!(wait_reg(&hw, vf::ERROR, vf::ERR_RING), vf::ERR_RING);
+    assert_eq!(settled_reg(&hw, vf::ERROR), vf::ERR_RING);
 }
 
 proptest! {
@@ -136,7 +130,7 @@ proptest! {
             let _ = hw.mmio_read(0x2000 + len as u64, &mut b);
         }
         hw.write_reg(vf::RING_TAIL, 128);
-        std::thread::sleep(Duration::from_millis(2));
+        prop_assert!(hw.wait_engine_settled(Duration::from_secs(10)));
         // Still alive and answering.
         let _ = hw.read_reg(vf::STATUS);
         prop_assert!(flr(&pf, 1).is_ok());

@@ -284,7 +284,7 @@ fn equivalence_committed(platform: Platform, src_commit: Commit, dst_commit: Com
     // Resume on B: the engine holds until the guest's GGTT fixups.
     b.resume_device(2).unwrap();
     assert_eq!(dst.read_reg(vf::MIGRATED), 1);
-    std::thread::sleep(Duration::from_millis(30));
+    assert!(dst.wait_engine_settled(Duration::from_secs(10)));
     assert_eq!(dst.read_reg(vf::SEQNO), 100, "held for fixups");
     w.set_access(DirectAccess(dst.clone()));
     assert!(w.fixups().unwrap());

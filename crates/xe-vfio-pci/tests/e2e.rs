@@ -80,7 +80,10 @@ fn live_migration_between_two_hosts_preserves_in_flight_work() {
     // A doorbell rung now must not be lost: P2P accepts MMIO but starts no work.
     let done_at_p2p = src.variant().hw().read_reg(vf::SEQNO);
     w.submit_random(25).unwrap();
-    std::thread::sleep(Duration::from_millis(20));
+    assert!(src
+        .variant()
+        .hw()
+        .wait_engine_settled(Duration::from_secs(10)));
     assert_eq!(
         src.variant().hw().read_reg(vf::SEQNO),
         done_at_p2p,
@@ -135,7 +138,7 @@ fn live_migration_between_two_hosts_preserves_in_flight_work() {
     dst_core.set_state(S::Running).unwrap();
     // Jobs resume only after the workload driver's GGTT fixups.
     let before = dh.read_reg(vf::SEQNO);
-    std::thread::sleep(Duration::from_millis(30));
+    assert!(dh.wait_engine_settled(Duration::from_secs(10)));
     assert_eq!(dh.read_reg(vf::SEQNO), before, "held until fixups");
     assert_ne!(dh.read_reg(vf::STATUS) & vf::STATUS_FIXUP_HOLD, 0);
     w.set_access(Guest(dst.clone()));

@@ -217,7 +217,7 @@ fn boot(root: &Path, socket: &str) -> Result<String, String> {
     std::fs::write(root.join(&name), initrd).map_err(|e| e.to_string())?;
     let dev =
         format!(r#"{{"driver":"vfio-user-pci","socket":{{"type":"unix","path":"{socket}"}}}}"#);
-    let mut child = Command::new("chroot")
+    let child = Command::new("chroot")
         .arg(root)
         .args([
             "qemu-system-x86_64",
@@ -242,18 +242,19 @@ fn boot(root: &Path, socket: &str) -> Result<String, String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("starting QEMU: {e}"))?;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        if let Some(_st) = child.try_wait().map_err(|e| e.to_string())? {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
+    // Wait for QEMU's exit on a thread (which also drains its output), up to 300 s.
+    let pid = rustix::process::Pid::from_child(&child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(Duration::from_secs(300)) {
+        Ok(r) => r.map_err(|e| e.to_string())?,
+        Err(_) => {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             return Err("QEMU did not finish within 300 s".into());
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    };
     let _ = std::fs::remove_file(root.join(&name));
     let console = String::from_utf8_lossy(&out.stdout).to_string();
     let err = String::from_utf8_lossy(&out.stderr).to_string();

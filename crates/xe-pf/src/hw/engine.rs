@@ -59,6 +59,9 @@ pub(super) struct EngineState {
     /// A job is executing outside the lock.
     pub(super) busy: bool,
     pub(super) shutdown: bool,
+    /// The engine thread has looked at the state as it is now and found nothing it may run;
+    /// every change that could give it work clears this.
+    pub(super) parked: bool,
 }
 
 impl VfHw {
@@ -78,7 +81,12 @@ impl VfHw {
         loop {
             let g = lock(&self.engine);
             let (mut g, _) = wait_until(&self.cv, g, None, |e| {
-                e.shutdown || (e.running && !e.fixup_hold && e.regs.head != e.regs.tail)
+                let go = e.shutdown || (e.running && !e.fixup_hold && e.regs.head != e.regs.tail);
+                if !go && !e.parked {
+                    e.parked = true;
+                    self.cv.notify_all();
+                }
+                go
             });
             if g.shutdown {
                 return;
@@ -179,7 +187,10 @@ impl VfHw {
 
     /// PF side: lets the engine run queued jobs.
     pub(crate) fn engine_resume(&self) {
-        lock(&self.engine).running = true;
+        let mut e = lock(&self.engine);
+        e.running = true;
+        e.parked = false;
+        drop(e);
         self.cv.notify_all();
     }
 
@@ -201,6 +212,17 @@ impl VfHw {
             !e.busy && (e.regs.head == e.regs.tail || !e.running || e.fixup_hold)
         });
         g.regs.head == g.regs.tail
+    }
+
+    /// Waits, up to `timeout`, until the engine has settled: it has seen every change made so
+    /// far and has nothing it may run (the ring is empty, or the VF is paused or held for
+    /// fixups). A test's way to know that work which must not run did not, without sleeping.
+    pub fn wait_engine_settled(&self, timeout: Duration) -> bool {
+        let g = lock(&self.engine);
+        let (_g, settled) = wait_until(&self.cv, g, Some(Instant::now() + timeout), |e| {
+            e.parked && !e.busy
+        });
+        settled
     }
 
     /// Marks the VF as restored from a migration: the engine holds until `FIXUPS_DONE`.

@@ -110,6 +110,11 @@ impl Faults {
         lock(&self.table).clear();
     }
 
+    /// Whether a fault is still armed for `(vfid, gt, op)` (not yet consumed by a call).
+    pub fn armed(&self, vfid: u32, gt: Option<u8>, op: GucOp) -> bool {
+        lock(&self.table).contains_key(&(vfid, gt, op))
+    }
+
     /// Consumes one fault for this call, if any is armed.
     pub fn take(&self, vfid: u32, gt: u8, op: GucOp) -> Option<Fault> {
         let mut t = lock(&self.table);
@@ -236,6 +241,7 @@ impl VfHw {
             }
             let mut e = lock(&self.engine);
             e.regs = regs;
+            e.parked = false;
             ctx
         } else {
             if words.len() != CONTEXT_DWORDS {

@@ -202,6 +202,7 @@ impl VfHw {
             FIXUPS_DONE if v & 1 != 0 => e.fixup_hold = false,
             _ => return,
         }
+        e.parked = false;
         drop(e);
         self.cv.notify_all();
     }

@@ -120,117 +120,30 @@ impl Relay {
         dst: &mut Client,
         progress: &mut dyn FnMut(u64),
     ) -> Result<u64, RelayError> {
-        let want = src.max_xfer().min(dst.max_xfer()) as usize;
-        let mut total = 0u64;
-        // Requests in flight: reads not yet answered, and the sizes of writes not yet
-        // answered. Servers answer in order, so a queued read lets the source start its next
-        // chunk at once, and a queued write lets the destination take the next chunk while
-        // this one's answer travels back.
-        let mut reads = 0usize;
-        let mut writes: VecDeque<usize> = VecDeque::new();
-        // On failure: the error, and whether each connection is still in step (no message
-        // half-sent or half-read on it), so that the answers still owed can be taken.
-        let remote = |e: &ClientError| matches!(e, ClientError::Remote { .. });
-        let failure: Failure = loop {
-            let mut unsent = None;
-            while reads < DEPTH {
-                if let Err(err) = src.send_mig_data_read(want) {
-                    unsent = Some(err);
-                    break;
-                }
-                reads += 1;
-            }
-            if let Some(err) = unsent {
-                break (RelayError::Source { at: total, err }, false, true);
-            }
-            let (n, padding) = match src.recv_mig_data_read_head(want) {
-                Ok(h) => (h.data, h.padding),
-                Err(err) => {
-                    // An error reply is a whole message: the connection stays in step.
-                    let ok = remote(&err);
-                    reads -= usize::from(ok);
-                    break (RelayError::Source { at: total, err }, ok, true);
-                }
+        let mut p = Pipeline {
+            want: src.max_xfer().min(dst.max_xfer()) as usize,
+            relay: self,
+            src,
+            dst,
+            reads: 0,
+            writes: VecDeque::new(),
+            total: 0,
+        };
+        let failure = loop {
+            let step = p.send_reads().and_then(|()| p.next_chunk());
+            let end = match step {
+                Ok(n) => n < p.want,
+                Err(f) => break f,
             };
-            reads -= 1;
-            if n > 0 {
-                let at = total + writes.iter().sum::<usize>() as u64;
-                if let Err(err) = dst.send_mig_data_write_head(n) {
-                    // The destination is gone; take the data off the source's connection.
-                    self.discard(src, n + padding);
-                    break (RelayError::Destination { at, err }, true, false);
-                }
-                match self.pass(src.socket(), dst.socket(), n) {
-                    Ok(()) => {}
-                    Err(Side::Src(e)) => {
-                        break (RelayError::Source { at, err: e.into() }, false, false);
-                    }
-                    Err(Side::Dst(e, left)) => {
-                        self.discard(src, left + padding);
-                        break (RelayError::Destination { at, err: e.into() }, true, false);
-                    }
-                }
-                writes.push_back(n);
-            }
-            if padding > 0 {
-                if let Err(err) = src.discard(padding) {
-                    break (RelayError::Source { at: total, err }, false, true);
-                }
-            }
-            let end = n < want;
             // Take write answers down to DEPTH - 1 in flight (none once the source ended).
-            let keep = if end { 0 } else { DEPTH - 1 };
-            let mut failed = None;
-            while writes.len() > keep {
-                let r = dst.recv_mig_data_write_reply();
-                let n = writes.pop_front().unwrap_or(0);
-                if let Err(err) = r {
-                    let ok = remote(&err);
-                    failed = Some((RelayError::Destination { at: total, err }, true, ok));
-                    break;
-                }
-                total += n as u64;
-                progress(total);
-            }
-            if let Some(f) = failed {
+            if let Err(f) = p.take_write_answers(if end { 0 } else { DEPTH - 1 }, progress) {
                 break f;
             }
             if end {
-                // Reads sent after the last chunk are answered with no data.
-                for _ in 0..reads {
-                    match src.recv_mig_data_read_head(want) {
-                        Ok(h) if h.data == 0 => {
-                            if let Err(err) = src.discard(h.padding) {
-                                return Err(RelayError::Source { at: total, err });
-                            }
-                        }
-                        Ok(MigReadHead { data: n, .. }) => {
-                            return Err(RelayError::Source {
-                                at: total,
-                                err: ClientError::Protocol(format!(
-                                    "{n} bytes of migration data after the end of the stream"
-                                )),
-                            })
-                        }
-                        Err(err) => return Err(RelayError::Source { at: total, err }),
-                    }
-                }
-                return Ok(total);
+                return p.finish();
             }
         };
-        // Take the answers still owed from the connections still in step.
-        let (err, src_in_step, dst_in_step) = failure;
-        if src_in_step {
-            for _ in 0..reads {
-                self.discard_reply(src, want);
-            }
-        }
-        if dst_in_step {
-            for _ in 0..writes.len() {
-                let _ = dst.recv_mig_data_write_reply();
-            }
-        }
-        Err(err)
+        Err(p.abort(failure))
     }
 
     /// Moves exactly `n` bytes from `from` to `to`.
@@ -303,6 +216,156 @@ impl Relay {
             }
             left -= k;
         }
+    }
+}
+
+/// One relay run's requests in flight. Servers answer in order, so a queued read lets the
+/// source start its next chunk at once, and a queued write lets the destination take the next
+/// chunk while this one's answer travels back.
+struct Pipeline<'a> {
+    relay: &'a mut Relay,
+    src: &'a mut Client,
+    dst: &'a mut Client,
+    /// Bytes asked by each read.
+    want: usize,
+    /// Reads sent and not answered yet.
+    reads: usize,
+    /// Sizes of the writes sent and not answered yet.
+    writes: VecDeque<usize>,
+    /// Bytes the destination accepted.
+    total: u64,
+}
+
+impl Pipeline<'_> {
+    /// Keeps DEPTH reads in flight.
+    fn send_reads(&mut self) -> Result<(), Failure> {
+        while self.reads < DEPTH {
+            if let Err(err) = self.src.send_mig_data_read(self.want) {
+                return Err((
+                    RelayError::Source {
+                        at: self.total,
+                        err,
+                    },
+                    false,
+                    true,
+                ));
+            }
+            self.reads += 1;
+        }
+        Ok(())
+    }
+
+    /// Takes the next read's answer and passes its data on as a write; returns its size.
+    fn next_chunk(&mut self) -> Result<usize, Failure> {
+        let head = match self.src.recv_mig_data_read_head(self.want) {
+            Ok(h) => h,
+            Err(err) => {
+                // An error reply is a whole message: the connection stays in step.
+                let ok = err.in_step();
+                self.reads -= usize::from(ok);
+                return Err((
+                    RelayError::Source {
+                        at: self.total,
+                        err,
+                    },
+                    ok,
+                    true,
+                ));
+            }
+        };
+        self.reads -= 1;
+        let (n, padding) = (head.data, head.padding);
+        if n > 0 {
+            let at = self.total + self.writes.iter().sum::<usize>() as u64;
+            if let Err(err) = self.dst.send_mig_data_write_head(n) {
+                // The destination is gone; take the data off the source's connection.
+                self.relay.discard(self.src, n + padding);
+                return Err((RelayError::Destination { at, err }, true, false));
+            }
+            match self.relay.pass(self.src.socket(), self.dst.socket(), n) {
+                Ok(()) => {}
+                Err(Side::Src(e)) => {
+                    return Err((RelayError::Source { at, err: e.into() }, false, false));
+                }
+                Err(Side::Dst(e, left)) => {
+                    self.relay.discard(self.src, left + padding);
+                    return Err((RelayError::Destination { at, err: e.into() }, true, false));
+                }
+            }
+            self.writes.push_back(n);
+        }
+        if let Err(err) = self.src.discard(padding) {
+            return Err((
+                RelayError::Source {
+                    at: self.total,
+                    err,
+                },
+                false,
+                true,
+            ));
+        }
+        Ok(n)
+    }
+
+    /// Takes write answers until at most `keep` are in flight.
+    fn take_write_answers(
+        &mut self,
+        keep: usize,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), Failure> {
+        while self.writes.len() > keep {
+            let r = self.dst.recv_mig_data_write_reply();
+            let n = self.writes.pop_front().unwrap_or(0);
+            if let Err(err) = r {
+                let ok = err.in_step();
+                return Err((
+                    RelayError::Destination {
+                        at: self.total,
+                        err,
+                    },
+                    true,
+                    ok,
+                ));
+            }
+            self.total += n as u64;
+            progress(self.total);
+        }
+        Ok(())
+    }
+
+    /// After the last chunk: the reads still in flight must be answered with no data.
+    fn finish(&mut self) -> Result<u64, RelayError> {
+        let at = self.total;
+        for _ in 0..self.reads {
+            match self.src.recv_mig_data_read_head(self.want) {
+                Ok(MigReadHead { data: 0, padding }) => self
+                    .src
+                    .discard(padding)
+                    .map_err(|err| RelayError::Source { at, err })?,
+                Ok(MigReadHead { data, .. }) => {
+                    let msg = format!("{data} bytes of migration data after the end of the stream");
+                    let err = ClientError::Protocol(msg);
+                    return Err(RelayError::Source { at, err });
+                }
+                Err(err) => return Err(RelayError::Source { at, err }),
+            }
+        }
+        Ok(self.total)
+    }
+
+    /// Takes the answers still owed from the connections still in step.
+    fn abort(&mut self, (err, src_in_step, dst_in_step): Failure) -> RelayError {
+        if src_in_step {
+            for _ in 0..self.reads {
+                self.relay.discard_reply(self.src, self.want);
+            }
+        }
+        if dst_in_step {
+            for _ in 0..self.writes.len() {
+                let _ = self.dst.recv_mig_data_write_reply();
+            }
+        }
+        err
     }
 }
 

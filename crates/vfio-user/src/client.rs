@@ -58,6 +58,9 @@ pub type Result<T> = std::result::Result<T, ClientError>;
 /// A connected, version-negotiated client.
 pub struct Client {
     sock: UnixStream,
+    /// Where the client connected, and the transfer size it asked for (to reconnect).
+    path: std::path::PathBuf,
+    asked_xfer: u32,
     next_id: u16,
     max_xfer: u32,
     server_caps: serde_json::Value,
@@ -95,6 +98,8 @@ impl Client {
         sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
         let mut c = Client {
             sock,
+            path: path.to_path_buf(),
+            asked_xfer: max_xfer,
             next_id: 0,
             max_xfer: msg::DEFAULT_MAX_DATA_XFER,
             server_caps: serde_json::Value::Null,
@@ -146,6 +151,22 @@ impl Client {
             })
             .max(1);
         Ok(c)
+    }
+
+    /// Drops this connection and opens a new one to the same server (negotiating again). After
+    /// a protocol or socket error the old connection may hold half a message, so it is never
+    /// reused: the next request on it would read the wrong reply.
+    pub fn reconnect(&mut self) -> Result<()> {
+        // Hang up first: a server that serves one client at a time answers the new connection
+        // only once the old one is gone.
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        *self = Client::connect_with(&self.path, self.asked_xfer)?;
+        Ok(())
+    }
+
+    /// The socket path this client connected to.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The negotiated `max_data_xfer_size`.

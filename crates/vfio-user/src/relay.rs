@@ -62,6 +62,8 @@ pub struct Relay {
     mover: Mover,
     /// For the copy fallback and for discarding.
     buf: Vec<u8>,
+    /// After a failed run: whether each connection (source, destination) is still in step.
+    in_step: (bool, bool),
 }
 
 /// A relay failure, and whether the source's and the destination's connections are in step.
@@ -92,6 +94,7 @@ impl Relay {
         Relay {
             mover,
             buf: Vec::new(),
+            in_step: (true, true),
         }
     }
 
@@ -100,7 +103,16 @@ impl Relay {
         Relay {
             mover: Mover::Copy,
             buf: Vec::new(),
+            in_step: (true, true),
         }
+    }
+
+    /// After a failed [`Relay::run`]: whether the source's and the destination's connections
+    /// are still in step — no message half-read or half-sent on them, every answer owed taken —
+    /// and so usable for the abort path. A connection that is not must be reopened
+    /// ([`Client::reconnect`]) before anything else is asked of it.
+    pub fn in_step(&self) -> (bool, bool) {
+        self.in_step
     }
 
     /// Whether data is spliced (false once the kernel refused and the relay fell back).
@@ -108,18 +120,26 @@ impl Relay {
         matches!(self.mover, Mover::Splice { .. })
     }
 
-    /// Moves the whole stream: MIG_DATA_READ from `src` until a short reply, each chunk
-    /// written to `dst` with MIG_DATA_WRITE. Both devices must already be in STOP_COPY and
-    /// RESUMING. `progress(bytes)` is called after each chunk the destination accepted.
-    /// Returns the byte count. On error, the answers to requests still in flight are taken
-    /// (best effort), so both connections stay usable for the abort path unless the failure
-    /// was the connection itself.
+    /// Moves the whole stream: MIG_DATA_READ from `src` until the end of the stream, each
+    /// chunk written to `dst` with MIG_DATA_WRITE. Both devices must already be in a saving
+    /// state and RESUMING. `progress(bytes)` is called after each chunk the destination
+    /// accepted. Returns the byte count.
+    ///
+    /// The end is a reply with no data — or an error reply right after a short one. (The spec
+    /// text ends the stream at the first short reply; libvfio-user lets a device return short
+    /// reads mid-stream and ends it with 0 bytes. Reading on to the 0-byte reply is right under
+    /// both readings, and costs one round trip.)
+    ///
+    /// On error, the answers to requests still in flight are taken (best effort), so both
+    /// connections stay usable for the abort path unless the failure was the connection
+    /// itself; [`Relay::in_step`] says which.
     pub fn run(
         &mut self,
         src: &mut Client,
         dst: &mut Client,
         progress: &mut dyn FnMut(u64),
     ) -> Result<u64, RelayError> {
+        self.in_step = (true, true);
         let mut p = Pipeline {
             want: src.max_xfer().min(dst.max_xfer()) as usize,
             relay: self,
@@ -128,11 +148,12 @@ impl Relay {
             reads: 0,
             writes: VecDeque::new(),
             total: 0,
+            short: false,
         };
         let failure = loop {
             let step = p.send_reads().and_then(|()| p.next_chunk());
             let end = match step {
-                Ok(n) => n < p.want,
+                Ok(n) => n == 0,
                 Err(f) => break f,
             };
             // Take write answers down to DEPTH - 1 in flight (none once the source ended).
@@ -234,6 +255,8 @@ struct Pipeline<'a> {
     writes: VecDeque<usize>,
     /// Bytes the destination accepted.
     total: u64,
+    /// The last reply was short (a server reading the spec literally may refuse the next read).
+    short: bool,
 }
 
 impl Pipeline<'_> {
@@ -259,6 +282,12 @@ impl Pipeline<'_> {
     fn next_chunk(&mut self) -> Result<usize, Failure> {
         let head = match self.src.recv_mig_data_read_head(self.want) {
             Ok(h) => h,
+            Err(err) if self.short && err.in_step() => {
+                // Refused after a short reply: the end, as the spec text has it.
+                self.reads -= 1;
+                tracing::debug!(%err, "read refused after a short reply: the end of the stream");
+                return Ok(0);
+            }
             Err(err) => {
                 // An error reply is a whole message: the connection stays in step.
                 let ok = err.in_step();
@@ -275,6 +304,7 @@ impl Pipeline<'_> {
         };
         self.reads -= 1;
         let (n, padding) = (head.data, head.padding);
+        self.short = n < self.want;
         if n > 0 {
             let at = self.total + self.writes.iter().sum::<usize>() as u64;
             if let Err(err) = self.dst.send_mig_data_write_head(n) {
@@ -333,7 +363,7 @@ impl Pipeline<'_> {
         Ok(())
     }
 
-    /// After the last chunk: the reads still in flight must be answered with no data.
+    /// After the end: the reads still in flight must be answered with no data (or refused).
     fn finish(&mut self) -> Result<u64, RelayError> {
         let at = self.total;
         for _ in 0..self.reads {
@@ -342,6 +372,7 @@ impl Pipeline<'_> {
                     .src
                     .discard(padding)
                     .map_err(|err| RelayError::Source { at, err })?,
+                Err(err) if err.in_step() => {}
                 Ok(MigReadHead { data, .. }) => {
                     let msg = format!("{data} bytes of migration data after the end of the stream");
                     let err = ClientError::Protocol(msg);
@@ -355,6 +386,7 @@ impl Pipeline<'_> {
 
     /// Takes the answers still owed from the connections still in step.
     fn abort(&mut self, (err, src_in_step, dst_in_step): Failure) -> RelayError {
+        self.relay.in_step = (src_in_step, dst_in_step);
         if src_in_step {
             for _ in 0..self.reads {
                 self.relay.discard_reply(self.src, self.want);

@@ -125,9 +125,18 @@ fn progress_bar(len: u64) -> ProgressBar {
 
 fn connect(p: &std::path::Path) -> Result<Client, CliError> {
     Client::connect(p).map_err(|e| {
-        CliError::new(format!("connecting to {}", p.display()))
-            .cause(e)
-            .hint("is 'xe-vfio serve' running, and is no other client attached to this VF?")
+        // Nobody listening: say how to start a server. Anything else is what the peer
+        // answered, which the cause says.
+        let nobody = matches!(&e, vfio_user::ClientError::Io(io) if matches!(
+            io.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+        ));
+        let err = CliError::new(format!("connecting to {}", p.display())).cause(e);
+        if nobody {
+            err.hint("no vfio-user server listens there: is 'xe-vfio serve' (or the device's server) running?")
+        } else {
+            err
+        }
     })
 }
 

@@ -47,6 +47,9 @@ pub struct CliError {
     pub errno: Option<Errno>,
     pub cause: Option<String>,
     pub hint: Option<String>,
+    /// False when the error came from a vfio-user connection that may now hold half a message
+    /// (a socket or protocol error): that connection must be reopened before it is used again.
+    pub in_step: bool,
 }
 
 impl CliError {
@@ -56,7 +59,13 @@ impl CliError {
             errno: None,
             cause: None,
             hint: None,
+            in_step: true,
         }
+    }
+    /// Says what was being done when this failed: `"{what}: {self.what}"`.
+    pub fn context(mut self, what: &str) -> Self {
+        self.what = format!("{what}: {}", self.what);
+        self
     }
     pub fn hint(mut self, h: impl Into<String>) -> Self {
         self.hint = Some(h.into());
@@ -97,7 +106,10 @@ impl<T> Context<T> for Result<T, ClientError> {
                     c.errno = Some(*errno);
                     c.hint = hint_for(*errno);
                 }
-                other => c.cause = Some(other.to_string()),
+                other => {
+                    c.cause = Some(other.to_string());
+                    c.in_step = false;
+                }
             }
             c
         })

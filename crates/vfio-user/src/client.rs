@@ -5,7 +5,7 @@
 //! reads a message body with one `recv` sees it whole. Migration data can also be moved in
 //! pieces, for a relay that keeps requests in flight and passes data between sockets without
 //! reading it: [`Client::send_mig_data_read`], [`Client::recv_mig_data_read_head`],
-//! [`Client::send_mig_data_write_head`], [`Client::recv_mig_data_write_reply`].
+//! [`Client::mig_data_write_head`], [`Client::recv_mig_data_write_reply`].
 
 use crate::msg::{
     self, cmd, feature, DecodeError, DeviceInfo as DeviceInfoMsg, Feature, Header,
@@ -292,15 +292,24 @@ impl Client {
         })
     }
 
-    /// DEVICE_GET_REGION_INFO, with the region's fd and mmap offset if it is mappable.
+    /// DEVICE_GET_REGION_INFO, with the region's fd and mmap offset if it is mappable. Asks
+    /// with the fixed size first and again with the size the server says it needs (for its
+    /// capabilities), as with the kernel's ioctl.
     pub fn region_info(&mut self, index: u32) -> Result<(RegionInfo, Option<OwnedFd>, u64)> {
-        let req = RegionInfoMsg {
-            argsz: RegionInfoMsg::LEN as u32,
-            index,
-            ..Default::default()
+        let mut argsz = RegionInfoMsg::LEN as u32;
+        let (i, mut r) = loop {
+            let req = RegionInfoMsg {
+                argsz,
+                index,
+                ..Default::default()
+            };
+            let r = self.call(cmd::DEVICE_GET_REGION_INFO, &[&req.to_vec()])?;
+            let i = RegionInfoMsg::parse(&r.payload)?;
+            if i.argsz <= argsz || argsz != RegionInfoMsg::LEN as u32 || i.argsz > 4096 {
+                break (i, r);
+            }
+            argsz = i.argsz;
         };
-        let mut r = self.call(cmd::DEVICE_GET_REGION_INFO, &[&req.to_vec()])?;
-        let i = RegionInfoMsg::parse(&r.payload)?;
         let info = RegionInfo {
             index: i.index,
             flags: i.flags,
@@ -508,10 +517,9 @@ impl Client {
         })
     }
 
-    /// Sends the header and fixed part of a MIG_DATA_WRITE of `n` bytes; exactly `n` bytes
-    /// of data must follow on [`Client::socket`].
-    pub fn send_mig_data_write_head(&mut self, n: usize) -> Result<()> {
-        let fixed = mig_write_fixed(n);
+    /// The header and fixed part of a MIG_DATA_WRITE of `n` bytes (taking the next message
+    /// id), for a relay that sends them itself, followed by exactly `n` bytes of data.
+    pub fn mig_data_write_head(&mut self, n: usize) -> [u8; HEADER_LEN + MigData::LEN] {
         let h = Header {
             msg_id: self.take_id(),
             command: cmd::MIG_DATA_WRITE,
@@ -519,8 +527,10 @@ impl Client {
             flags: msg::TYPE_COMMAND,
             error: 0,
         };
-        sock::send_all(&self.sock, &[&h.encode(), &fixed], &[])?;
-        Ok(())
+        let mut b = [0u8; HEADER_LEN + MigData::LEN];
+        b[..HEADER_LEN].copy_from_slice(&h.encode());
+        b[HEADER_LEN..].copy_from_slice(&mig_write_fixed(n));
+        b
     }
 
     /// Receives a MIG_DATA_WRITE reply; its errno as an error.

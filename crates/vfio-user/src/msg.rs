@@ -370,6 +370,51 @@ fixed_message! {
     MigData, "MIG_DATA" { argsz: u32, size: u32 }
 }
 
+/// `VFIO_REGION_INFO_FLAG_CAPS`: the reply carries capabilities from `cap_offset` on.
+pub const REGION_INFO_FLAG_CAPS: u32 = 1 << 3;
+/// `VFIO_REGION_INFO_CAP_SPARSE_MMAP`.
+pub const CAP_SPARSE_MMAP: u16 = 1;
+
+/// A region's sparse-mmap capability with one area (`struct vfio_region_info_cap_sparse_mmap`):
+/// `u16 id = 1, u16 version = 1, u32 next = 0, u32 nr_areas = 1, u32 reserved`, then the area
+/// `u64 offset, u64 size`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SparseMmap {
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl SparseMmap {
+    pub const LEN: usize = 32;
+
+    pub fn emit(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&CAP_SPARSE_MMAP.to_ne_bytes());
+        out.extend_from_slice(&1u16.to_ne_bytes());
+        out.extend_from_slice(&0u32.to_ne_bytes());
+        out.extend_from_slice(&1u32.to_ne_bytes());
+        out.extend_from_slice(&0u32.to_ne_bytes());
+        out.extend_from_slice(&self.offset.to_ne_bytes());
+        out.extend_from_slice(&self.size.to_ne_bytes());
+    }
+
+    /// The first area of a sparse-mmap capability at the start of `p`.
+    pub fn parse(p: &[u8]) -> Result<SparseMmap, DecodeError> {
+        need("SPARSE_MMAP capability", p, Self::LEN)?;
+        let f = Fields(p);
+        if f.u16(0).unwrap_or(0) != CAP_SPARSE_MMAP || f.u32(8).unwrap_or(0) == 0 {
+            return Err(DecodeError::CountMismatch {
+                what: "SPARSE_MMAP capability",
+                count: f.u32(8).unwrap_or(0),
+                data: p.len(),
+            });
+        }
+        Ok(SparseMmap {
+            offset: f.u64(16).unwrap_or(0),
+            size: f.u64(24).unwrap_or(0),
+        })
+    }
+}
+
 /// VERSION, request and reply: `u16 major, u16 minor`, then the JSON capabilities
 /// (NUL-terminated when sent; accepted with or without the NUL).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

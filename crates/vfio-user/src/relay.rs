@@ -19,7 +19,7 @@ use crate::client::{Client, ClientError, MigReadHead};
 use rustix::fd::OwnedFd;
 use rustix::pipe::{PipeFlags, SpliceFlags};
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
 use thiserror::Error;
 
@@ -167,12 +167,26 @@ impl Relay {
         Err(p.abort(failure))
     }
 
-    /// Moves exactly `n` bytes from `from` to `to`.
-    fn pass(&mut self, from: &UnixStream, to: &UnixStream, n: usize) -> Result<(), Side> {
+    /// Sends one message to `to`: `head` (header and fixed part), then exactly `n` bytes taken
+    /// from `from`. Spliced, the head is sent first and the data follows, spliced as it
+    /// arrives (a peer must read a body in as many `recv`s as it takes — ours does). Copied,
+    /// the data is read into a buffer and the whole message sent with one `sendmsg`, for
+    /// peers that read a body with one `recv`.
+    fn pass_message(
+        &mut self,
+        from: &UnixStream,
+        to: &UnixStream,
+        head: &[u8],
+        n: usize,
+    ) -> Result<(), Side> {
+        if !self.splicing() {
+            return self.copy_message(from, to, head, n);
+        }
+        crate::sock::send_all(to, &[head], &[]).map_err(|e| Side::Dst(e, n))?;
         let mut left = n;
         while left > 0 {
             let Mover::Splice { rd, wr, cap } = &self.mover else {
-                return self.copy(from, to, left);
+                return self.copy_data(from, to, left);
             };
             let k = match rustix::pipe::splice(from, None, wr, None, left.min(*cap), splice_flags())
             {
@@ -201,19 +215,28 @@ impl Relay {
         Ok(())
     }
 
-    fn copy(&mut self, mut from: &UnixStream, mut to: &UnixStream, n: usize) -> Result<(), Side> {
-        if self.buf.len() < PIPE_SIZE {
-            self.buf.resize(PIPE_SIZE, 0);
+    /// The rest of a message's data, copied (after splice was refused mid-way).
+    fn copy_data(&mut self, mut from: &UnixStream, to: &UnixStream, n: usize) -> Result<(), Side> {
+        if self.buf.len() < n {
+            self.buf.resize(n, 0);
         }
-        let mut left = n;
-        while left > 0 {
-            let k = left.min(self.buf.len());
-            from.read_exact(&mut self.buf[..k]).map_err(Side::Src)?;
-            left -= k;
-            to.write_all(&self.buf[..k])
-                .map_err(|e| Side::Dst(e, left))?;
+        from.read_exact(&mut self.buf[..n]).map_err(Side::Src)?;
+        crate::sock::send_all(to, &[&self.buf[..n]], &[]).map_err(|e| Side::Dst(e, 0))
+    }
+
+    fn copy_message(
+        &mut self,
+        mut from: &UnixStream,
+        to: &UnixStream,
+        head: &[u8],
+        n: usize,
+    ) -> Result<(), Side> {
+        // `n` is at most the negotiated max_data_xfer_size (16 MiB at most).
+        if self.buf.len() < n {
+            self.buf.resize(n, 0);
         }
-        Ok(())
+        from.read_exact(&mut self.buf[..n]).map_err(Side::Src)?;
+        crate::sock::send_all(to, &[head, &self.buf[..n]], &[]).map_err(|e| Side::Dst(e, 0))
     }
 
     /// Reads and drops one MIG_DATA_READ reply (best effort).
@@ -307,12 +330,11 @@ impl Pipeline<'_> {
         self.short = n < self.want;
         if n > 0 {
             let at = self.total + self.writes.iter().sum::<usize>() as u64;
-            if let Err(err) = self.dst.send_mig_data_write_head(n) {
-                // The destination is gone; take the data off the source's connection.
-                self.relay.discard(self.src, n + padding);
-                return Err((RelayError::Destination { at, err }, true, false));
-            }
-            match self.relay.pass(self.src.socket(), self.dst.socket(), n) {
+            let head = self.dst.mig_data_write_head(n);
+            match self
+                .relay
+                .pass_message(self.src.socket(), self.dst.socket(), &head, n)
+            {
                 Ok(()) => {}
                 Err(Side::Src(e)) => {
                     return Err((RelayError::Source { at, err: e.into() }, false, false));

@@ -219,3 +219,74 @@ fn a_disconnect_closes_the_device() {
     assert_eq!(*dev.closes.lock().unwrap(), 1);
     assert_eq!(c.device_state().unwrap(), S::Running);
 }
+
+/// A client that asks region info with the fixed size gets no fd (it may not expect one) and
+/// the size it needs; asked again with that size, the reply carries the sparse-mmap
+/// capability and the fd.
+#[test]
+fn region_info_fd_only_with_a_complete_reply() {
+    use vfio_user::msg::{RegionInfo, SparseMmap, REGION_INFO_FLAG_CAPS};
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(
+        dir.path(),
+        "a.sock",
+        Fake::with_pattern(1),
+        ServerOptions::default(),
+    );
+    let mut c = Client::connect(&s.path).unwrap();
+    let ask = |argsz: u32| {
+        RegionInfo {
+            argsz,
+            index: 2,
+            ..Default::default()
+        }
+        .to_vec()
+    };
+    let r = c
+        .raw(cmd::DEVICE_GET_REGION_INFO, msg::TYPE_COMMAND, &ask(32))
+        .unwrap();
+    assert_eq!(r.header.errno(), None);
+    assert!(
+        r.fds.is_empty(),
+        "no fd with a reply the client had no room for"
+    );
+    assert_eq!(r.payload.len(), RegionInfo::LEN);
+    let i = RegionInfo::parse(&r.payload).unwrap();
+    assert_eq!(i.argsz as usize, RegionInfo::LEN + SparseMmap::LEN);
+    assert_eq!(i.cap_offset, 0);
+    assert_eq!(
+        i.flags & REGION_INFO_FLAG_CAPS,
+        0,
+        "no CAPS flag without the capability"
+    );
+    let r = c
+        .raw(
+            cmd::DEVICE_GET_REGION_INFO,
+            msg::TYPE_COMMAND,
+            &ask(i.argsz),
+        )
+        .unwrap();
+    assert_eq!(r.fds.len(), 1, "the fd comes with the complete reply");
+    let i = RegionInfo::parse(&r.payload).unwrap();
+    assert_eq!(i.cap_offset as usize, RegionInfo::LEN);
+    assert_ne!(i.flags & REGION_INFO_FLAG_CAPS, 0);
+    let cap = SparseMmap::parse(&r.payload[RegionInfo::LEN..]).unwrap();
+    assert_eq!(
+        cap,
+        SparseMmap {
+            offset: 0,
+            size: 8192
+        }
+    );
+    // Region 0 cannot be mapped: no capability, no fd, whatever the argsz.
+    let r0 = RegionInfo {
+        argsz: 64,
+        index: 0,
+        ..Default::default()
+    };
+    let r = c
+        .raw(cmd::DEVICE_GET_REGION_INFO, msg::TYPE_COMMAND, &r0.to_vec())
+        .unwrap();
+    assert!(r.fds.is_empty());
+    assert_eq!(RegionInfo::parse(&r.payload).unwrap().argsz, 32);
+}

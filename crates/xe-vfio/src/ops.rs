@@ -41,6 +41,9 @@ struct Dev<'a> {
     who: &'static str,
     flags: MigrationFlags,
     state: DeviceState,
+    /// `MIG_DATA_SIZE`, if the device answers it (our extension over vfio-user: a device that
+    /// does is an xe-vfio server).
+    data_size: Option<u64>,
 }
 
 impl<'a> Dev<'a> {
@@ -56,11 +59,13 @@ impl<'a> Dev<'a> {
         let state = c
             .device_state()
             .ctx(|| format!("{who}: reading the state"))?;
+        let data_size = c.mig_data_size().ok();
         Ok(Dev {
             c,
             who,
             flags,
             state,
+            data_size,
         })
     }
 
@@ -163,9 +168,16 @@ pub fn migrate(
         let _ = d.walk(DeviceState::Running);
         return Err(e);
     }
-    let estimate = s.c.mig_data_size().unwrap_or(0);
+    let estimate = s.data_size.unwrap_or(0);
     let t0 = Instant::now();
-    let mut relay = Relay::new();
+    // Splice into an xe-vfio server, which reads a message body in as many pieces as it
+    // arrives in; any other destination gets each MIG_DATA_WRITE whole, in one sendmsg
+    // (libvfio-user reads a body with one recv).
+    let mut relay = if d.data_size.is_some() {
+        Relay::new()
+    } else {
+        Relay::copying()
+    };
     match copy_stream(&mut s, &mut d, &mut relay, estimate, progress) {
         Ok((bytes, transfer)) => Ok(Report {
             bytes,
@@ -215,7 +227,10 @@ fn copy_stream(
     })?;
     d.walk(DeviceState::Running).map_err(|e| {
         let k = (true, e.in_step);
-        (e.context("destination: validating the stream and starting the device"), k)
+        (
+            e.context("destination: validating the stream and starting the device"),
+            k,
+        )
     })?;
     Ok((total, transfer))
 }
@@ -240,8 +255,8 @@ fn read_stream(
             }
             Err(e) => {
                 let in_step = e.in_step();
-                let mut err = CliError::new(format!("reading migration data at byte {total}"))
-                    .cause(e);
+                let mut err =
+                    CliError::new(format!("reading migration data at byte {total}")).cause(e);
                 err.in_step = in_step;
                 return Err(err);
             }
@@ -267,7 +282,7 @@ pub fn save(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, CliError> {
     let mut s = Dev::open(src, "device")?;
-    let estimate = s.c.mig_data_size().unwrap_or(0);
+    let estimate = s.data_size.unwrap_or(0);
     s.walk(DeviceState::StopCopy)?;
     match read_stream(s.c, out, estimate, progress) {
         Ok(total) => {
@@ -281,7 +296,10 @@ pub fn save(
         }
         Err(mut e) => {
             let note = s.resume_source(e.in_step);
-            e.hint = Some(format!("the save was aborted; {}", note.replace("source", "device")));
+            e.hint = Some(format!(
+                "the save was aborted; {}",
+                note.replace("source", "device")
+            ));
             Err(e)
         }
     }
@@ -308,8 +326,8 @@ pub fn restore(
             }
             d.c.mig_data_write(&buf[..n]).map_err(|e| {
                 let in_step = e.in_step();
-                let mut err = CliError::new(format!("writing migration data at byte {total}"))
-                    .cause(e);
+                let mut err =
+                    CliError::new(format!("writing migration data at byte {total}")).cause(e);
                 err.in_step = in_step;
                 err
             })?;

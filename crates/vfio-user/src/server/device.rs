@@ -2,7 +2,10 @@
 
 use super::conn::{Conn, DmaMapping, Reply};
 use super::MAX_DMA_MAPS;
-use crate::msg::{self, DmaMap, DmaUnmap, IrqInfo, RegionAccess, RegionInfo, SetIrqs};
+use crate::msg::{
+    self, DmaMap, DmaUnmap, IrqInfo, RegionAccess, RegionInfo, SetIrqs, SparseMmap,
+    REGION_INFO_FLAG_CAPS,
+};
 use rustix::fd::OwnedFd;
 use vfio_core::device::REGION_INFO_FLAG_MMAP;
 use vfio_core::Errno;
@@ -23,7 +26,11 @@ impl Conn<'_> {
         Ok(None)
     }
 
-    /// The region's info; its fd goes with the reply when the region can be mapped.
+    /// The region's info. A mappable region's reply carries a sparse-mmap capability (one
+    /// area: the whole region), and its fd goes only with a reply the client has room for —
+    /// capability included. A client that asks with a shorter `argsz` gets the fixed part with
+    /// `argsz` set to the size needed and no fd, and asks again (as with the kernel's ioctl;
+    /// a libvfio-user client that does not expect an fd would fail on one).
     pub(super) fn region_info(&mut self, req: RegionInfo) -> Reply {
         if (req.argsz as usize) < RegionInfo::LEN {
             return Err(Errno::EINVAL);
@@ -34,20 +41,45 @@ impl Conn<'_> {
         } else {
             None
         };
-        let flags = match mmap {
-            Some(_) => info.flags,
-            None => info.flags & !REGION_INFO_FLAG_MMAP,
+        let Some(offset) = mmap else {
+            RegionInfo {
+                argsz: RegionInfo::LEN as u32,
+                flags: info.flags & !REGION_INFO_FLAG_MMAP,
+                index: req.index,
+                cap_offset: 0,
+                size: info.size,
+                offset: 0,
+            }
+            .emit(&mut self.out);
+            return Ok(None);
         };
-        let reply = RegionInfo {
-            argsz: RegionInfo::LEN as u32,
-            flags,
-            index: req.index,
-            cap_offset: 0,
+        let cap = SparseMmap {
+            offset: 0,
             size: info.size,
-            offset: mmap.unwrap_or(0),
         };
-        reply.emit(&mut self.out);
-        Ok(mmap.map(|_| req.index))
+        let full = RegionInfo::LEN + SparseMmap::LEN;
+        let whole = req.argsz as usize >= full;
+        // The CAPS flag only with the capability itself: QEMU refuses a CAPS flag whose
+        // cap_offset points outside the reply (the kernel sets it with cap_offset 0).
+        let (caps, cap_offset) = if whole {
+            (REGION_INFO_FLAG_CAPS, RegionInfo::LEN as u32)
+        } else {
+            (0, 0)
+        };
+        RegionInfo {
+            argsz: full as u32,
+            flags: info.flags | caps,
+            index: req.index,
+            cap_offset,
+            size: info.size,
+            offset,
+        }
+        .emit(&mut self.out);
+        if !whole {
+            return Ok(None);
+        }
+        cap.emit(&mut self.out);
+        Ok(Some(req.index))
     }
 
     pub(super) fn irq_info(&mut self, req: IrqInfo) -> Reply {

@@ -1,6 +1,6 @@
 //! One client connection: framing, dispatch by command, replies.
 
-use super::ServerOptions;
+use super::options::ServerOptions;
 use crate::msg::{self, cmd, Header, Request, HEADER_LEN};
 use crate::sock;
 use rustix::fd::{BorrowedFd, OwnedFd};

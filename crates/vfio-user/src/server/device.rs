@@ -1,7 +1,7 @@
 //! Device and region info, region access, IRQs, DMA mappings and reset.
 
 use super::conn::{Conn, DmaMapping, Reply};
-use super::MAX_DMA_MAPS;
+use super::options::MAX_DMA_MAPS;
 use crate::msg::{
     self, DmaMap, DmaUnmap, IrqInfo, RegionAccess, RegionInfo, SetIrqs, SparseMmap,
     REGION_INFO_FLAG_CAPS,

@@ -23,8 +23,10 @@ mod conn;
 mod device;
 mod migration;
 mod negotiate;
+mod options;
 
-use crate::msg;
+pub use options::{ServerOptions, MAX_DMA_MAPS};
+
 use crate::sock;
 use conn::Conn;
 use std::io;
@@ -34,27 +36,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use vfio_core::VfioDevice;
-
-/// Server settings.
-#[derive(Clone, Debug)]
-pub struct ServerOptions {
-    /// The largest `max_data_xfer_size` this server agrees to.
-    pub max_data_xfer: u32,
-    /// Offer BAR file descriptors for mmap when the device has them.
-    pub mmap: bool,
-}
-
-impl Default for ServerOptions {
-    fn default() -> Self {
-        ServerOptions {
-            max_data_xfer: msg::DEFAULT_MAX_DATA_XFER,
-            mmap: true,
-        }
-    }
-}
-
-/// Most DMA mappings tracked per client (`max_dma_maps`).
-pub const MAX_DMA_MAPS: usize = 65535;
 
 /// A listening vfio-user socket for one device. Removes its socket file when dropped.
 pub struct Server {

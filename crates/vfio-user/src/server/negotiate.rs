@@ -1,7 +1,7 @@
 //! VERSION: the protocol version and the capabilities both sides agree on.
 
 use super::conn::{Conn, Reply};
-use super::MAX_DMA_MAPS;
+use super::options::MAX_DMA_MAPS;
 use crate::msg::{self, Version};
 use crate::sock;
 use vfio_core::Errno;

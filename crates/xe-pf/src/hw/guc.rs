@@ -12,8 +12,6 @@
 //! Fault injection lets tests make the GuC answer busy, never answer (time out) or fail, for one
 //! VF and one operation, a given number of times.
 
-use super::engine::EngineRegs;
-use super::VfHw;
 use crate::sync::lock;
 use mig_io::Errno;
 use std::collections::HashMap;
@@ -184,75 +182,6 @@ pub fn decode_blob(gt: u8, blob: &[u8]) -> Result<Vec<u32>, Errno> {
         return Err(Errno::EIO);
     }
     Ok(words[4..n - 1].to_vec())
-}
-
-/// Per-GT firmware context the GuC keeps for the VF (opaque words).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GucContext(pub Vec<u32>);
-
-pub(super) fn context_words(seed: u64, gt: u8) -> GucContext {
-    // Deterministic per (seed, gt) so that two runs are comparable, distinct per VF.
-    let mut x = seed ^ (u64::from(gt) << 56) ^ 0x9e37_79b9_7f4a_7c15;
-    GucContext(
-        (0..CONTEXT_DWORDS)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u32
-            })
-            .collect(),
-    )
-}
-
-impl VfHw {
-    // ---- GuC state ----------------------------------------------------------------------
-
-    /// The GuC's VF state blob for `gt` (the GUC packet's payload).
-    pub fn guc_save(&self, gt: u8) -> Result<Vec<u8>, Errno> {
-        if gt >= self.gt_count {
-            return Err(Errno::EINVAL);
-        }
-        let mut words = Vec::with_capacity(EngineRegs::DWORDS + CONTEXT_DWORDS);
-        if gt == crate::platform::PRIMARY_GT {
-            words.extend_from_slice(&lock(&self.engine).regs.to_dwords());
-        }
-        words.extend_from_slice(&lock(&self.guc_ctx)[gt as usize].0);
-        Ok(encode_blob(gt, &words))
-    }
-
-    /// The blob size the firmware reports for `gt`.
-    pub fn guc_state_size(&self, gt: u8) -> Result<u64, Errno> {
-        Ok(self.guc_save(gt)?.len() as u64)
-    }
-
-    /// Loads a GuC VF state blob for `gt`. `EINVAL` if larger than the firmware's maximum,
-    /// `EIO` if the firmware rejects it.
-    pub fn guc_restore(&self, gt: u8, blob: &[u8]) -> Result<(), Errno> {
-        if gt >= self.gt_count {
-            return Err(Errno::EINVAL);
-        }
-        let words = decode_blob(gt, blob)?;
-        let ctx = if gt == crate::platform::PRIMARY_GT {
-            let regs = EngineRegs::from_dwords(&words).ok_or(Errno::EIO)?;
-            let ctx = words[EngineRegs::DWORDS..].to_vec();
-            if ctx.len() != CONTEXT_DWORDS {
-                return Err(Errno::EIO);
-            }
-            let mut e = lock(&self.engine);
-            e.regs = regs;
-            e.parked = false;
-            ctx
-        } else {
-            if words.len() != CONTEXT_DWORDS {
-                return Err(Errno::EIO);
-            }
-            words
-        };
-        lock(&self.guc_ctx)[gt as usize] = GucContext(ctx);
-        self.cv.notify_all();
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -49,149 +49,16 @@
 //! holds (ring base, queued jobs) by the difference, and written 1 to `FIXUPS_DONE`.
 
 pub mod engine;
+mod firmware;
 pub mod ggtt;
 pub mod guc;
 pub mod mem;
+mod mmio;
 pub mod regs;
+mod state;
+mod vf;
+mod window;
 
-pub use engine::EngineRegs;
-use engine::EngineState;
-use ggtt::GgttRange;
-use guc::context_words;
-pub use guc::GucContext;
-use mem::Backing;
 pub use regs::*;
-
-use crate::sync::{lock, wait_until};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::thread::JoinHandle;
-
-/// The hardware of one VF.
-pub struct VfHw {
-    vfid: u32,
-    gt_count: u8,
-    ggtt: GgttRange,
-    /// Seed of the GuC context words (fresh ones after an FLR).
-    seed: u64,
-    lmem: Option<Arc<Backing>>,
-    /// The VF's system memory (guest RAM) for pages whose PTE has no LM bit. Attached by whoever
-    /// plays the VMM; on integrated parts every page lives there.
-    sysmem: RwLock<Option<Arc<Backing>>>,
-    /// Lock: the VF's GGTT PTEs (its range only).
-    ptes: Mutex<Vec<u64>>,
-    /// Lock: the scratch registers.
-    flags: Mutex<SwFlags>,
-    /// Lock: the GuC's per-GT context words for this VF.
-    guc_ctx: Mutex<Vec<GucContext>>,
-    /// Lock: engine registers and run state. `cv` signals every change.
-    engine: Mutex<EngineState>,
-    cv: Condvar,
-    /// Lock: the engine thread's handle, taken once to join it on shutdown.
-    thread: Mutex<Option<JoinHandle<()>>>,
-    /// Set when an MMIO or job touched something invalid (diagnostics only).
-    saw_bad_access: AtomicBool,
-}
-
-impl std::fmt::Debug for VfHw {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VfHw")
-            .field("vfid", &self.vfid)
-            .field("ggtt", &self.ggtt)
-            .finish_non_exhaustive()
-    }
-}
-
-impl VfHw {
-    /// Builds a VF's hardware and starts its engine thread.
-    pub(crate) fn new(
-        vfid: u32,
-        gt_count: u8,
-        ggtt: GgttRange,
-        lmem: Option<Backing>,
-        seed: u64,
-    ) -> Arc<VfHw> {
-        let hw = Arc::new(VfHw {
-            vfid,
-            gt_count,
-            ggtt,
-            lmem: lmem.map(Arc::new),
-            seed,
-            sysmem: RwLock::new(None),
-            ptes: Mutex::new(vec![0; ggtt.ptes()]),
-            flags: Mutex::new(SwFlags::default()),
-            guc_ctx: Mutex::new((0..gt_count).map(|gt| context_words(seed, gt)).collect()),
-            engine: Mutex::new(EngineState {
-                running: true,
-                ..Default::default()
-            }),
-            cv: Condvar::new(),
-            thread: Mutex::new(None),
-            saw_bad_access: AtomicBool::new(false),
-        });
-        let worker = hw.clone();
-        let t = std::thread::Builder::new()
-            .name(format!("xe-vf{vfid}-engine"))
-            .spawn(move || worker.engine_loop())
-            .ok();
-        *lock(&hw.thread) = t;
-        hw
-    }
-
-    /// Stops the engine thread (on VF disable).
-    pub(crate) fn shutdown(&self) {
-        lock(&self.engine).shutdown = true;
-        self.cv.notify_all();
-        if let Some(t) = lock(&self.thread).take() {
-            let _ = t.join();
-        }
-    }
-
-    pub fn vfid(&self) -> u32 {
-        self.vfid
-    }
-    pub fn ggtt(&self) -> GgttRange {
-        self.ggtt
-    }
-    pub fn lmem(&self) -> Option<&Backing> {
-        self.lmem.as_deref()
-    }
-    pub fn lmem_size(&self) -> u64 {
-        self.lmem.as_ref().map_or(0, |l| l.size())
-    }
-
-    /// Attaches (or detaches) the VF's system memory.
-    pub fn attach_sysmem(&self, mem: Option<Arc<Backing>>) {
-        *self.sysmem.write().unwrap_or_else(|p| p.into_inner()) = mem;
-    }
-
-    /// The attached system memory.
-    pub fn sysmem(&self) -> Option<Arc<Backing>> {
-        self.sysmem
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// FLR: clears the VF's runtime state — registers, GuC VF state, engine queue — and leaves
-    /// the engine ready. LMEM contents and the GGTT provisioning are not touched.
-    pub(crate) fn flr_clear(&self) {
-        {
-            let mut g = lock(&self.engine);
-            g.running = false;
-            let (mut g, _) = wait_until(&self.cv, g, None, |e| !e.busy);
-            g.regs = EngineRegs::default();
-            g.fixup_hold = false;
-        }
-        *lock(&self.flags) = SwFlags::default();
-        let mut ctx = lock(&self.guc_ctx);
-        for (gt, c) in ctx.iter_mut().enumerate() {
-            *c = context_words(self.seed.rotate_left(17) ^ 0xf1f1, gt as u8);
-        }
-    }
-
-    /// Whether a guest access hit something invalid (diagnostics).
-    pub fn saw_bad_access(&self) -> bool {
-        self.saw_bad_access.load(Ordering::Relaxed)
-    }
-}
+pub use state::{EngineRegs, GucContext, SwFlags};
+pub use vf::VfHw;

@@ -283,18 +283,23 @@ struct Pipeline<'a> {
 }
 
 impl Pipeline<'_> {
+    /// A failure of the source's connection itself: it may hold half a message.
+    fn source_broke(&self, err: ClientError) -> Failure {
+        (
+            RelayError::Source {
+                at: self.total,
+                err,
+            },
+            false,
+            true,
+        )
+    }
+
     /// Keeps DEPTH reads in flight.
     fn send_reads(&mut self) -> Result<(), Failure> {
         while self.reads < DEPTH {
             if let Err(err) = self.src.send_mig_data_read(self.want) {
-                return Err((
-                    RelayError::Source {
-                        at: self.total,
-                        err,
-                    },
-                    false,
-                    true,
-                ));
+                return Err(self.source_broke(err));
             }
             self.reads += 1;
         }
@@ -347,14 +352,7 @@ impl Pipeline<'_> {
             self.writes.push_back(n);
         }
         if let Err(err) = self.src.discard(padding) {
-            return Err((
-                RelayError::Source {
-                    at: self.total,
-                    err,
-                },
-                false,
-                true,
-            ));
+            return Err(self.source_broke(err));
         }
         Ok(n)
     }

@@ -16,6 +16,7 @@ use rustix::fd::OwnedFd;
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::time::Duration;
 use thiserror::Error;
 use vfio_core::{DeviceInfo, DeviceState, Errno, IrqInfo, MigrationFlags, RegionInfo};
 
@@ -55,12 +56,18 @@ impl From<DecodeError> for ClientError {
 
 pub type Result<T> = std::result::Result<T, ClientError>;
 
+/// How long a reply may take by default before the client gives up (a peer that lost track of
+/// the conversation would otherwise be waited for forever).
+pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A connected, version-negotiated client.
 pub struct Client {
     sock: UnixStream,
     /// Where the client connected, and the transfer size it asked for (to reconnect).
     path: std::path::PathBuf,
     asked_xfer: u32,
+    /// The reply timeout in force (kept across a reconnect).
+    timeout: Option<Duration>,
     next_id: u16,
     max_xfer: u32,
     server_caps: serde_json::Value,
@@ -100,6 +107,7 @@ impl Client {
             sock,
             path: path.to_path_buf(),
             asked_xfer: max_xfer,
+            timeout: None,
             next_id: 0,
             max_xfer: msg::DEFAULT_MAX_DATA_XFER,
             server_caps: serde_json::Value::Null,
@@ -129,7 +137,7 @@ impl Client {
             }
             r => r?,
         };
-        c.sock.set_read_timeout(None)?;
+        c.set_reply_timeout(Some(DEFAULT_REPLY_TIMEOUT))?;
         let v = Version::parse(&r.payload)?;
         if v.major != msg::VERSION_MAJOR {
             return Err(proto(&format!(
@@ -160,7 +168,18 @@ impl Client {
         // Hang up first: a server that serves one client at a time answers the new connection
         // only once the old one is gone.
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        let timeout = self.timeout;
         *self = Client::connect_with(&self.path, self.asked_xfer)?;
+        self.set_reply_timeout(timeout)
+    }
+
+    /// How long to wait for a reply (and for the socket to take a request) before failing
+    /// with `TimedOut`; `None` waits forever. Kept across [`Client::reconnect`] only as the
+    /// default.
+    pub fn set_reply_timeout(&mut self, t: Option<Duration>) -> Result<()> {
+        self.sock.set_read_timeout(t)?;
+        self.sock.set_write_timeout(t)?;
+        self.timeout = t;
         Ok(())
     }
 
@@ -224,13 +243,29 @@ impl Client {
     /// Receives one message's header.
     fn recv_header(&mut self, fds: &mut Vec<OwnedFd>) -> Result<Header> {
         let mut hb = [0u8; HEADER_LEN];
-        if sock::recv_exact(&self.sock, &mut hb, fds)? == 0 {
+        let got = sock::recv_exact(&self.sock, &mut hb, fds).map_err(|e| self.timed_out(e))?;
+        if got == 0 {
             return Err(ClientError::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "server closed the connection",
             )));
         }
         Ok(Header::decode(&hb))
+    }
+
+    /// Names a timeout for what it is.
+    fn timed_out(&self, e: io::Error) -> io::Error {
+        match (e.kind(), self.timeout) {
+            (io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut, Some(t)) => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{} did not answer within {} s",
+                    self.path.display(),
+                    t.as_secs_f64()
+                ),
+            ),
+            _ => e,
+        }
     }
 
     /// Receives one reply.

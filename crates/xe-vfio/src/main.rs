@@ -29,6 +29,10 @@ struct Cli {
     /// Log more (repeat for more detail); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Seconds to wait for any reply of a vfio-user device (migrate, save, restore) before
+    /// giving up; 0 waits forever.
+    #[arg(long, global = true, default_value_t = 60)]
+    timeout: u64,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -123,8 +127,11 @@ fn progress_bar(len: u64) -> ProgressBar {
     pb
 }
 
-fn connect(p: &std::path::Path) -> Result<Client, CliError> {
-    Client::connect(p).map_err(|e| {
+fn connect(p: &std::path::Path, timeout: u64) -> Result<Client, CliError> {
+    let t = (timeout > 0).then(|| std::time::Duration::from_secs(timeout));
+    Client::connect(p)
+        .and_then(|mut c| c.set_reply_timeout(t).map(|()| c))
+        .map_err(|e| {
         // Nobody listening: say how to start a server. Anything else is what the peer
         // answered, which the cause says.
         let nobody = matches!(&e, vfio_user::ClientError::Io(io) if matches!(
@@ -168,8 +175,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
             serve::serve(&spec, &socket_dir, max_xfer)
         }
         Cmd::Migrate { from, to, json } => {
-            let mut src = connect(&from)?;
-            let mut dst = connect(&to)?;
+            let mut src = connect(&from, cli.timeout)?;
+            let mut dst = connect(&to, cli.timeout)?;
             let pb = progress_bar(0);
             let r = ops::migrate(&mut src, &mut dst, &mut |done, est| {
                 pb.set_length(est.max(done));
@@ -206,7 +213,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             output,
             leave_stopped,
         } => {
-            let mut src = connect(&from)?;
+            let mut src = connect(&from, cli.timeout)?;
             let f = File::create(&output).ctx(|| format!("creating {}", output.display()))?;
             let mut w = BufWriter::with_capacity(1 << 20, f);
             let pb = progress_bar(0);
@@ -229,7 +236,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::Restore { to, input } => {
             let f = File::open(&input).ctx(|| format!("opening {}", input.display()))?;
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-            let mut dst = connect(&to)?;
+            let mut dst = connect(&to, cli.timeout)?;
             let pb = progress_bar(len);
             let r = ops::restore(
                 &mut dst,

@@ -41,6 +41,8 @@ struct Behaviour {
     hang_up_at: Option<usize>,
     /// A MIG_DATA_READ at or past this offset gets a reply whose `size` exceeds its data.
     bad_reply_at: Option<usize>,
+    /// A MIG_DATA_READ at or past this offset is never answered (the connection stays open).
+    stall_at: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -78,13 +80,13 @@ impl Fake {
             incoming: Vec::new(),
         }));
         let d = dev.clone();
-        // The server thread ends with the test process; it keeps the device across clients.
+        // The server threads end with the test process; the device persists across clients,
+        // each served on its own thread (a stalled one does not block the next).
         std::thread::spawn(move || {
             for s in listener.incoming() {
-                match s {
-                    Ok(s) => serve(s, &d, b),
-                    Err(_) => return,
-                }
+                let Ok(s) = s else { return };
+                let d = d.clone();
+                std::thread::spawn(move || serve(s, &d, b));
             }
         });
         Fake { path, dev }
@@ -135,6 +137,13 @@ fn serve(mut s: UnixStream, dev: &Mutex<Dev>, b: Behaviour) {
         match handle(&mut s, &h, &p, &mut d, b) {
             Ok(Some(out)) => reply(&mut s, &h, &out),
             Ok(None) => return, // hang up
+            Err(Errno::EAGAIN) if b.stall_at.is_some() => {
+                // Lost track of the conversation: never answer, keep the connection open.
+                drop(d);
+                loop {
+                    std::thread::park();
+                }
+            }
             Err(e) => error(&mut s, &h, e),
         }
     }
@@ -208,6 +217,10 @@ fn handle(
             let at = d.pos;
             if b.hang_up_at.is_some_and(|x| at >= x) {
                 return Ok(None);
+            }
+            if b.stall_at.is_some_and(|x| at >= x) {
+                d.state = S::StopCopy;
+                return Err(Errno::EAGAIN); // marker: `serve` stalls instead of answering
             }
             if b.fail_read_at.is_some_and(|x| at >= x) {
                 return Err(Errno::EIO);
@@ -508,4 +521,46 @@ fn a_failed_restore_reports_the_real_state() {
             assert_eq!(z.state(), S::Running);
         }
     }
+}
+
+/// A peer that stops answering in the middle of the stream: `migrate` gives up after
+/// `--timeout` seconds, saying so, and the source (reached on a new connection) runs again.
+#[test]
+fn a_peer_that_stops_answering_times_out() {
+    let d = Behaviour::default();
+    let dir = tempfile::tempdir().unwrap();
+    let a = Fake::start(
+        dir.path(),
+        "a.sock",
+        8,
+        Behaviour {
+            stall_at: Some(2048),
+            ..d
+        },
+    );
+    let z = Fake::start(dir.path(), "z.sock", 9, d);
+    let before = a.mem();
+    let t = std::time::Instant::now();
+    let out = xe_vfio(&[
+        "migrate",
+        "--timeout",
+        "1",
+        "--from",
+        a.sock(),
+        "--to",
+        z.sock(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("did not answer within 1 s"), "{err}");
+    assert!(
+        err.contains("the source is RUNNING again with its state intact"),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(30),
+        "gave up in time"
+    );
+    assert_eq!(a.state(), S::Running);
+    assert_eq!(a.mem(), before);
 }

@@ -247,9 +247,10 @@ impl PciVariant for XeVfioPci {
         match bar {
             0 => self.func.hw.mmio_write(offset, data),
             2 => {
-                let (l, n) = lmem_split(&self.func.hw, offset, data.len())?;
+                let (_, n) = lmem_split(&self.func.hw, offset, data.len())?;
                 if n > 0 {
-                    l.write(offset, &data[..n])?;
+                    // Through the device: marked dirty for PRE_COPY.
+                    self.func.hw.lmem_write(offset, &data[..n])?;
                 }
                 Ok(())
             }

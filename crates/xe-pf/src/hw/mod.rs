@@ -48,6 +48,7 @@
 //! executes nothing until the VF's driver has read `GGTT_BASE`, rewritten every GGTT address it
 //! holds (ring base, queued jobs) by the difference, and written 1 to `FIXUPS_DONE`.
 
+pub mod dirty;
 pub mod engine;
 mod firmware;
 pub mod ggtt;

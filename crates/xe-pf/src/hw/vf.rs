@@ -1,5 +1,6 @@
 //! [`VfHw`]: one VF's hardware — the state of every block, its construction, FLR.
 
+use super::dirty::DirtyMap;
 use super::ggtt::GgttRange;
 use super::mem::Backing;
 use super::state::{context_words, EngineRegs, EngineState, GucContext, SwFlags};
@@ -16,6 +17,8 @@ pub struct VfHw {
     /// Seed of the GuC context words (fresh ones after an FLR).
     pub(super) seed: u64,
     pub(super) lmem: Option<Arc<Backing>>,
+    /// Which LMEM granules were written while tracking (see [`super::dirty`]).
+    pub(super) dirty: DirtyMap,
     /// The VF's system memory (guest RAM) for pages whose PTE has no LM bit. Attached by whoever
     /// plays the VMM; on integrated parts every page lives there.
     pub(super) sysmem: RwLock<Option<Arc<Backing>>>,
@@ -56,6 +59,7 @@ impl VfHw {
             vfid,
             gt_count,
             ggtt,
+            dirty: DirtyMap::new(lmem.as_ref().map_or(0, |l| l.size())),
             lmem: lmem.map(Arc::new),
             seed,
             sysmem: RwLock::new(None),
@@ -99,6 +103,19 @@ impl VfHw {
     }
     pub fn lmem_size(&self) -> u64 {
         self.lmem.as_ref().map_or(0, |l| l.size())
+    }
+
+    /// The dirty tracking of this VF's LMEM.
+    pub fn dirty(&self) -> &DirtyMap {
+        &self.dirty
+    }
+
+    /// A device-side write of LMEM (a BAR2 region write): written, then marked dirty.
+    pub fn lmem_write(&self, offset: u64, data: &[u8]) -> Result<(), mig_io::Errno> {
+        let l = self.lmem.as_ref().ok_or(mig_io::Errno::EINVAL)?;
+        l.write(offset, data)?;
+        self.dirty.mark(offset, data.len() as u64);
+        Ok(())
     }
 
     /// Attaches (or detaches) the VF's system memory.

@@ -57,8 +57,9 @@ impl VfHw {
         Ok(())
     }
 
-    /// Translates a GGTT address to (backing, byte offset, bytes left in the page).
-    fn translate(&self, gaddr: u64) -> Result<(Arc<Backing>, u64, u64), u32> {
+    /// Translates a GGTT address to (backing, byte offset, bytes left in the page, whether the
+    /// backing is LMEM).
+    fn translate(&self, gaddr: u64) -> Result<(Arc<Backing>, u64, u64, bool), u32> {
         if !self.ggtt.contains(gaddr, 1) {
             return Err(ERR_FAULT);
         }
@@ -70,12 +71,9 @@ impl VfHw {
         let in_page = gaddr % GGTT_PAGE;
         let off = (pte & PTE_ADDR_MASK) + in_page;
         let left = GGTT_PAGE - in_page;
-        let mem = if pte & PTE_LM != 0 {
-            self.lmem.clone()
-        } else {
-            self.sysmem()
-        };
-        mem.map(|m| (m, off, left)).ok_or(ERR_FAULT)
+        let lm = pte & PTE_LM != 0;
+        let mem = if lm { self.lmem.clone() } else { self.sysmem() };
+        mem.map(|m| (m, off, left, lm)).ok_or(ERR_FAULT)
     }
 
     /// Reads through the GGTT (what the engine sees). Errors are engine error codes.
@@ -83,7 +81,7 @@ impl VfHw {
         let mut done = 0usize;
         while done < buf.len() {
             let at = gaddr.checked_add(done as u64).ok_or(ERR_FAULT)?;
-            let (mem, off, left) = self.translate(at)?;
+            let (mem, off, left, _) = self.translate(at)?;
             let n = (left as usize).min(buf.len() - done);
             mem.read(off, &mut buf[done..done + n])
                 .map_err(|_| ERR_FAULT)?;
@@ -97,10 +95,13 @@ impl VfHw {
         let mut done = 0usize;
         while done < data.len() {
             let at = gaddr.checked_add(done as u64).ok_or(ERR_FAULT)?;
-            let (mem, off, left) = self.translate(at)?;
+            let (mem, off, left, lm) = self.translate(at)?;
             let n = (left as usize).min(data.len() - done);
             mem.write(off, &data[done..done + n])
                 .map_err(|_| ERR_FAULT)?;
+            if lm {
+                self.dirty.mark(off, n as u64);
+            }
             done += n;
         }
         Ok(())

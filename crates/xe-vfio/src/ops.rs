@@ -105,10 +105,11 @@ impl<'a> Dev<'a> {
             .recover(in_step)
             .map_err(|e| e.to_string())
             .and_then(|()| self.walk(DeviceState::Running).map_err(|e| e.to_string()));
+        let who = self.who;
         match r {
-            Ok(()) => "the source is RUNNING again with its state intact".into(),
+            Ok(()) => format!("the {who} is RUNNING again with its state intact"),
             Err(e) => format!(
-                "the source could not be resumed ({e}); it is in {}: reset it to run it again \
+                "the {who} could not be resumed ({e}); it is in {}: reset it to run it again \
                  (its state is lost then)",
                 self.state
             ),
@@ -122,17 +123,18 @@ impl<'a> Dev<'a> {
             self.state = self.c.device_state()?;
             Ok(())
         });
+        let who = self.who;
         match r {
             Ok(()) if self.state == DeviceState::Running => {
-                "the destination was reset and is RUNNING".into()
+                format!("the {who} was reset and is RUNNING")
             }
             // A reset need not reset the migration state (libvfio-user's does not).
             Ok(()) => format!(
-                "the destination was reset but is still in {} (its reset keeps the migration \
+                "the {who} was reset but is still in {} (its reset keeps the migration \
                  state): take it out of {} before using it",
                 self.state, self.state
             ),
-            Err(e) => format!("the destination could not be reset ({e})"),
+            Err(e) => format!("the {who} could not be reset ({e})"),
         }
     }
 }
@@ -296,10 +298,7 @@ pub fn save(
         }
         Err(mut e) => {
             let note = s.resume_source(e.in_step);
-            e.hint = Some(format!(
-                "the save was aborted; {}",
-                note.replace("source", "device")
-            ));
+            e.hint = Some(format!("the save was aborted; {note}"));
             Err(e)
         }
     }
@@ -340,10 +339,7 @@ pub fn restore(
     })();
     r.map_err(|mut e: CliError| {
         let note = d.reset_destination(e.in_step);
-        e.hint = Some(format!(
-            "the restore was aborted; {}",
-            note.replace("destination", "device")
-        ));
+        e.hint = Some(format!("the restore was aborted; {note}"));
         e
     })
 }

@@ -280,6 +280,24 @@ fn need(what: &'static str, p: &[u8], n: usize) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// The data after a fixed part: exactly `count` bytes, `count` at most `max_xfer`.
+fn exact_data<'a>(
+    what: &'static str,
+    data: &'a [u8],
+    count: u32,
+    max_xfer: u32,
+) -> Result<&'a [u8], DecodeError> {
+    within(what, count, max_xfer)?;
+    if data.len() != count as usize {
+        return Err(DecodeError::CountMismatch {
+            what,
+            count,
+            data: data.len(),
+        });
+    }
+    Ok(data)
+}
+
 fn within(what: &'static str, count: u32, max: u32) -> Result<u32, DecodeError> {
     if count > max {
         return Err(DecodeError::TooLarge { what, count, max });
@@ -460,15 +478,7 @@ impl RegionAccess {
     /// bytes, at most `max_xfer`.
     pub fn parse_with_data(p: &[u8], max_xfer: u32) -> Result<(RegionAccess, &[u8]), DecodeError> {
         let r = RegionAccess::parse(p)?;
-        within("REGION_ACCESS", r.count, max_xfer)?;
-        let data = &p[Self::LEN..];
-        if data.len() != r.count as usize {
-            return Err(DecodeError::CountMismatch {
-                what: "REGION_ACCESS",
-                count: r.count,
-                data: data.len(),
-            });
-        }
+        let data = exact_data("REGION_ACCESS", &p[Self::LEN..], r.count, max_xfer)?;
         Ok((r, data))
     }
 }
@@ -478,15 +488,7 @@ impl MigData {
     /// Bytes past `size` are not data: refused here, as the message's size must match.
     pub fn parse_write(p: &[u8], max_xfer: u32) -> Result<(MigData, &[u8]), DecodeError> {
         let m = MigData::parse(p)?;
-        within("MIG_DATA_WRITE", m.size, max_xfer)?;
-        let data = &p[Self::LEN..];
-        if data.len() != m.size as usize {
-            return Err(DecodeError::CountMismatch {
-                what: "MIG_DATA_WRITE",
-                count: m.size,
-                data: data.len(),
-            });
-        }
+        let data = exact_data("MIG_DATA_WRITE", &p[Self::LEN..], m.size, max_xfer)?;
         Ok((m, data))
     }
 

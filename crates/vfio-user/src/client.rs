@@ -576,15 +576,7 @@ impl Client {
 
     /// Reads and drops `n` bytes of the current message.
     pub fn discard(&mut self, n: usize) -> Result<()> {
-        let mut buf = [0u8; 4096];
-        let mut fds = Vec::new();
-        let mut left = n;
-        while left > 0 {
-            let k = left.min(buf.len());
-            sock::recv_rest(&self.sock, &mut buf[..k], &mut fds)?;
-            left -= k;
-        }
-        Ok(())
+        Ok(sock::discard(&self.sock, n)?)
     }
 }
 

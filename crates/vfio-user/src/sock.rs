@@ -60,6 +60,20 @@ pub fn recv_rest(sock: impl AsFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io:
     Ok(())
 }
 
+/// Reads and drops the next `n` bytes of a message (its fds, if any, are closed).
+pub fn discard(sock: impl AsFd, n: usize) -> io::Result<()> {
+    let mut buf = [0u8; 4096];
+    let mut fds = Vec::new();
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(buf.len());
+        recv_rest(&sock, &mut buf[..k], &mut fds)?;
+        fds.clear();
+        left -= k;
+    }
+    Ok(())
+}
+
 /// Writes every byte of `parts`, passing `fds` with the first chunk.
 pub fn send_all(sock: impl AsFd, parts: &[&[u8]], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     let total: usize = parts.iter().map(|p| p.len()).sum();

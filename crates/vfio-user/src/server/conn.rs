@@ -181,14 +181,6 @@ impl<'a> Conn<'a> {
 
     /// Reads and drops `n` bytes of the current message.
     pub(super) fn discard(&mut self, n: usize) -> io::Result<()> {
-        let mut buf = [0u8; 4096];
-        let mut fds = Vec::new();
-        let mut left = n;
-        while left > 0 {
-            let k = left.min(buf.len());
-            sock::recv_rest(&self.stream, &mut buf[..k], &mut fds)?;
-            left -= k;
-        }
-        Ok(())
+        sock::discard(&self.stream, n)
     }
 }

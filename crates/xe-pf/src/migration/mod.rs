@@ -71,12 +71,7 @@ impl Sessions {
         faults: Arc<Faults>,
         p: SaveParams,
     ) -> Result<(), Errno> {
-        let mut s = lock(&self.0);
-        if !matches!(*s, Session::None) {
-            return Err(Errno::EBUSY);
-        }
-        *s = Session::Save(Arc::new(SaveSession::start(hw, faults, p)?));
-        Ok(())
+        self.open(|| Ok(Session::Save(Arc::new(SaveSession::start(hw, faults, p)?))))
     }
 
     /// Opens a restore session into `hw` (`EBUSY` if a session is open).
@@ -86,11 +81,19 @@ impl Sessions {
         faults: Arc<Faults>,
         t: Target,
     ) -> Result<(), Errno> {
+        self.open(|| {
+            let r = RestoreSession::new(hw, faults, t);
+            Ok(Session::Restore(Arc::new(Mutex::new(r))))
+        })
+    }
+
+    /// Installs the session `make` builds, under the lock, if none is open (`EBUSY`).
+    fn open(&self, make: impl FnOnce() -> Result<Session, Errno>) -> Result<(), Errno> {
         let mut s = lock(&self.0);
         if !matches!(*s, Session::None) {
             return Err(Errno::EBUSY);
         }
-        *s = Session::Restore(Arc::new(Mutex::new(RestoreSession::new(hw, faults, t))));
+        *s = make()?;
         Ok(())
     }
 

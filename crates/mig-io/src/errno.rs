@@ -48,6 +48,7 @@ errnos! {
     EPIPE = 32, "Broken pipe";
     ERANGE = 34, "Numerical result out of range";
     ENOSYS = 38, "Function not implemented";
+    ENOMSG = 42, "No message of desired type";
     ENODATA = 61, "No data available";
     EPROTO = 71, "Protocol error";
     EOVERFLOW = 75, "Value too large for defined data type";

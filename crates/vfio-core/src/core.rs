@@ -60,6 +60,27 @@ struct Inner {
     state: DeviceState,
     /// The stream of the current session, if any; disabled when the session ends.
     stream: Option<MigStream>,
+    /// The user opted in to `VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2` since the device was
+    /// opened.
+    precopy_v2: bool,
+}
+
+/// `VFIO_PRECOPY_INFO_REINIT`: new initial data is on the stream (only reported after the
+/// PRECOPY_INFOv2 opt-in).
+pub const PRECOPY_INFO_REINIT: u32 = 1 << 0;
+
+/// `struct vfio_precopy_info`'s outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrecopyInfo {
+    /// Without the v2 opt-in the kernel echoes the caller's flags (bug-compatibility); with it,
+    /// the flags are an output: [`PRECOPY_INFO_REINIT`] or 0.
+    pub flags: u32,
+    /// Initial data not yet read: non-zero at first, decreasing to 0 as it is read. Leaving
+    /// PRE_COPY before it reaches 0 is allowed but makes STOP_COPY longer.
+    pub initial_bytes: u64,
+    /// Data changed since it was read: starts at 0, grows as the device changes state, shrinks
+    /// as it is read.
+    pub dirty_bytes: u64,
 }
 
 /// The migration core of one device.
@@ -127,6 +148,7 @@ impl MigrationCore {
             inner: Mutex::new(Inner {
                 state: DeviceState::Running,
                 stream: None,
+                precopy_v2: false,
             }),
             deferred_reset: Mutex::new(false),
         })
@@ -226,16 +248,53 @@ impl MigrationCore {
         Ok(None)
     }
 
-    /// Opening the device: migration state RUNNING, no stream.
+    /// Opening the device: migration state RUNNING, no stream, no PRECOPY_INFOv2 opt-in.
     pub fn open(&self) {
         let mut g = self.lock();
+        g.inner().precopy_v2 = false;
         self.apply_reset(g.inner());
     }
 
     /// Closing the device: streams disabled, migration state back to RUNNING.
     pub fn close(&self) {
         let mut g = self.lock();
+        g.inner().precopy_v2 = false;
         self.apply_reset(g.inner());
+    }
+
+    /// `VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2` SET: the caller opts in to flags as an output
+    /// of [`MigrationCore::precopy_info`]. `ENOTTY` on a device without PRE_COPY.
+    pub fn set_precopy_info_v2(&self) -> Result<(), Errno> {
+        if !self.flags.contains(MigrationFlags::PRE_COPY) {
+            return Err(Errno::ENOTTY);
+        }
+        self.lock().inner().precopy_v2 = true;
+        Ok(())
+    }
+
+    /// `VFIO_MIG_GET_PRECOPY_INFO` on the save stream, given the caller's `flags`. `ENOTTY` on a
+    /// device without PRE_COPY, `EINVAL` outside PRE_COPY and PRE_COPY_P2P (as the kernel's
+    /// drivers answer), else the driver's counts.
+    pub fn precopy_info(&self, flags: u32) -> Result<PrecopyInfo, Errno> {
+        if !self.flags.contains(MigrationFlags::PRE_COPY) {
+            return Err(Errno::ENOTTY);
+        }
+        let mut g = self.lock();
+        let inner = g.inner();
+        if !matches!(inner.state, DeviceState::PreCopy | DeviceState::PreCopyP2p) {
+            return Err(Errno::EINVAL);
+        }
+        let Some(MigStream::Save(s)) = inner.stream.clone() else {
+            return Err(Errno::EINVAL);
+        };
+        let v2 = inner.precopy_v2;
+        let (initial_bytes, dirty_bytes) = s.precopy_info()?;
+        Ok(PrecopyInfo {
+            // This core's drivers never re-initialise their initial data.
+            flags: if v2 { 0 } else { flags },
+            initial_bytes,
+            dirty_bytes,
+        })
     }
 
     /// After a device reset (FLR): disables streams and returns the state to RUNNING.

@@ -21,7 +21,9 @@ mod stream;
 mod sync;
 mod uapi;
 
-pub use crate::core::{MigrationCore, MigrationOps, ResetOutcome, StateGuard};
+pub use crate::core::{
+    MigrationCore, MigrationOps, PrecopyInfo, ResetOutcome, StateGuard, PRECOPY_INFO_REINIT,
+};
 pub use device::{DeviceInfo, IrqInfo, RegionInfo, VfioDevice};
 pub use mig_io::{
     read_into, write_from_slice, DataSink, DataSource, Errno, SliceSink, SliceSource,

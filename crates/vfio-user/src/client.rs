@@ -9,7 +9,8 @@
 
 use crate::msg::{
     self, cmd, feature, DecodeError, DeviceInfo as DeviceInfoMsg, Feature, Header,
-    IrqInfo as IrqInfoMsg, MigData, RegionAccess, RegionInfo as RegionInfoMsg, Version, HEADER_LEN,
+    IrqInfo as IrqInfoMsg, MigData, PrecopyInfo, PrecopyInfoRequest, RegionAccess,
+    RegionInfo as RegionInfoMsg, Version, HEADER_LEN,
 };
 use crate::sock;
 use rustix::fd::OwnedFd;
@@ -487,6 +488,28 @@ impl Client {
         Ok(u64::from_ne_bytes(
             self.feature_get(feature::MIG_DATA_SIZE)?,
         ))
+    }
+
+    /// MIG_PRECOPY_INFO (command 19): `(flags, initial_bytes, dirty_bytes)` of a device in
+    /// PRE_COPY or PRE_COPY_P2P. `flags` is sent as the caller's; without the v2 opt-in the
+    /// server echoes it, as the kernel does.
+    pub fn precopy_info(&mut self, flags: u32) -> Result<(u32, u64, u64)> {
+        let req = PrecopyInfoRequest {
+            argsz: PrecopyInfo::LEN as u32,
+            flags,
+        };
+        let r = self.call(cmd::MIG_PRECOPY_INFO, &[&req.to_vec()])?;
+        let i = PrecopyInfo::parse(&r.payload)?;
+        Ok((i.flags, i.initial_bytes, i.dirty_bytes))
+    }
+
+    /// DEVICE_FEATURE SET MIG_PRECOPY_INFOv2: opt in to MIG_PRECOPY_INFO's flags as an output.
+    pub fn set_precopy_info_v2(&mut self) -> Result<()> {
+        let req = Feature {
+            argsz: Feature::LEN as u32,
+            flags: feature::MIG_PRECOPY_INFO_V2 | feature::SET,
+        };
+        self.call(cmd::DEVICE_FEATURE, &[&req.to_vec()]).map(|_| ())
     }
 
     /// One MIG_DATA_READ of up to `buf.len()` (≤ max_xfer) bytes, straight into `buf`.

@@ -57,6 +57,10 @@ pub mod cmd {
     pub const DEVICE_FEATURE: u16 = 16;
     pub const MIG_DATA_READ: u16 = 17;
     pub const MIG_DATA_WRITE: u16 = 18;
+    /// libvfio-user's proposed migration extension: the kernel's `VFIO_MIG_GET_PRECOPY_INFO`
+    /// (an ioctl on the data fd, which vfio-user has not). Answered only by a device that
+    /// offers PRE_COPY.
+    pub const MIG_PRECOPY_INFO: u16 = 19;
 }
 
 /// Device feature indices and flags (`VFIO_DEVICE_FEATURE_*`).
@@ -72,8 +76,9 @@ pub mod feature {
     pub const DMA_LOGGING_REPORT: u32 = 8;
     /// Ours: `u64` estimated stop-copy length (the kernel's feature 9).
     pub const MIG_DATA_SIZE: u32 = 9;
-    /// Ours: `{u32 flags, u32 reserved, u64 initial_bytes, u64 dirty_bytes}` in PRE_COPY.
-    pub const PRECOPY_INFO: u32 = 12;
+    /// `VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2`: SET only, no data — the caller opts in to
+    /// MIG_PRECOPY_INFO's flags being an output (REINIT). Not a query.
+    pub const MIG_PRECOPY_INFO_V2: u32 = 12;
 }
 
 /// A message header.
@@ -387,6 +392,15 @@ fixed_message! {
     /// `struct vfio_user_mig_data`.
     MigData, "MIG_DATA" { argsz: u32, size: u32 }
 }
+fixed_message! {
+    /// MIG_PRECOPY_INFO reply, `struct vfio_precopy_info`; its request is the first 8 bytes
+    /// (`argsz`, `flags`), a longer one is accepted as VFIO's `argsz` convention allows.
+    PrecopyInfo, "MIG_PRECOPY_INFO" { argsz: u32, flags: u32, initial_bytes: u64, dirty_bytes: u64 }
+}
+fixed_message! {
+    /// MIG_PRECOPY_INFO request: `argsz` and the caller's `flags`.
+    PrecopyInfoRequest, "MIG_PRECOPY_INFO" { argsz: u32, flags: u32 }
+}
 
 /// `VFIO_REGION_INFO_FLAG_CAPS`: the reply carries capabilities from `cap_offset` on.
 pub const REGION_INFO_FLAG_CAPS: u32 = 1 << 3;
@@ -524,6 +538,7 @@ pub enum Request<'a> {
     Feature(Feature, &'a [u8]),
     MigDataRead(MigData),
     MigDataWrite(MigData, &'a [u8]),
+    MigPrecopyInfo(PrecopyInfoRequest),
 }
 
 impl<'a> Request<'a> {
@@ -557,6 +572,7 @@ impl<'a> Request<'a> {
                 let (m, data) = MigData::parse_write(p, max_xfer)?;
                 Request::MigDataWrite(m, data)
             }
+            cmd::MIG_PRECOPY_INFO => Request::MigPrecopyInfo(PrecopyInfoRequest::parse(p)?),
             other => return Err(DecodeError::Unsupported(other)),
         })
     }
@@ -582,6 +598,7 @@ pub fn command_name(c: u16) -> &'static str {
         cmd::DEVICE_FEATURE => "DEVICE_FEATURE",
         cmd::MIG_DATA_READ => "MIG_DATA_READ",
         cmd::MIG_DATA_WRITE => "MIG_DATA_WRITE",
+        cmd::MIG_PRECOPY_INFO => "MIG_PRECOPY_INFO",
         _ => "UNKNOWN",
     }
 }

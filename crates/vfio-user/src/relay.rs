@@ -22,6 +22,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
 use thiserror::Error;
+use vfio_core::Errno;
 
 /// Requests of each kind kept in flight.
 const DEPTH: usize = 4;
@@ -139,23 +140,52 @@ impl Relay {
         dst: &mut Client,
         progress: &mut dyn FnMut(u64),
     ) -> Result<u64, RelayError> {
+        self.pipeline(src, dst, None, progress)
+    }
+
+    /// One pre-copy round: moves at most `limit` bytes of a source in PRE_COPY (or
+    /// PRE_COPY_P2P), ending early at the stream's temporary end — a short reply, or an
+    /// `ENOMSG` error reply (the kernel's "no data ready now"). Reads already in flight when
+    /// the end shows are still answered, and whatever data they bring is passed on: no byte
+    /// of the stream is ever dropped. Returns the bytes moved.
+    pub fn run_round(
+        &mut self,
+        src: &mut Client,
+        dst: &mut Client,
+        limit: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, RelayError> {
+        self.pipeline(src, dst, Some(limit), progress)
+    }
+
+    fn pipeline(
+        &mut self,
+        src: &mut Client,
+        dst: &mut Client,
+        limit: Option<u64>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, RelayError> {
         self.in_step = (true, true);
         let mut p = Pipeline {
             want: src.max_xfer().min(dst.max_xfer()) as usize,
             relay: self,
             src,
             dst,
-            reads: 0,
+            asks: VecDeque::new(),
             writes: VecDeque::new(),
             total: 0,
             short: false,
+            round: limit.is_some(),
+            ask_left: limit.unwrap_or(u64::MAX),
+            stop_asking: false,
         };
         let failure = loop {
             let step = p.send_reads().and_then(|()| p.next_chunk());
             let end = match step {
-                Ok(n) => n == 0,
+                Ok(n) => n == 0 && !p.round,
                 Err(f) => break f,
             };
+            let end = end || (p.round && p.asks.is_empty());
             // Take write answers down to DEPTH - 1 in flight (none once the source ended).
             if let Err(f) = p.take_write_answers(if end { 0 } else { DEPTH - 1 }, progress) {
                 break f;
@@ -270,10 +300,16 @@ struct Pipeline<'a> {
     relay: &'a mut Relay,
     src: &'a mut Client,
     dst: &'a mut Client,
-    /// Bytes asked by each read.
+    /// Bytes asked by a read (at most).
     want: usize,
-    /// Reads sent and not answered yet.
-    reads: usize,
+    /// The size asked by each read sent and not answered yet.
+    asks: VecDeque<usize>,
+    /// A pre-copy round: a short or `ENOMSG` reply is a temporary end, not the stream's.
+    round: bool,
+    /// Bytes still to ask for (a round's limit).
+    ask_left: u64,
+    /// The round's end showed: no more reads are sent.
+    stop_asking: bool,
     /// Sizes of the writes sent and not answered yet.
     writes: VecDeque<usize>,
     /// Bytes the destination accepted.
@@ -295,31 +331,44 @@ impl Pipeline<'_> {
         )
     }
 
-    /// Keeps DEPTH reads in flight.
+    /// Keeps DEPTH reads in flight (in a round, while there is something left to ask for).
     fn send_reads(&mut self) -> Result<(), Failure> {
-        while self.reads < DEPTH {
-            if let Err(err) = self.src.send_mig_data_read(self.want) {
+        while self.asks.len() < DEPTH && !self.stop_asking && self.ask_left > 0 {
+            let k = (self.want as u64).min(self.ask_left) as usize;
+            if let Err(err) = self.src.send_mig_data_read(k) {
                 return Err(self.source_broke(err));
             }
-            self.reads += 1;
+            self.asks.push_back(k);
+            self.ask_left -= k as u64;
         }
         Ok(())
     }
 
     /// Takes the next read's answer and passes its data on as a write; returns its size.
     fn next_chunk(&mut self) -> Result<usize, Failure> {
-        let head = match self.src.recv_mig_data_read_head(self.want) {
+        let Some(&want) = self.asks.front() else {
+            return Ok(0);
+        };
+        let head = match self.src.recv_mig_data_read_head(want) {
             Ok(h) => h,
+            Err(err) if self.round && err.errno() == Errno::ENOMSG && err.in_step() => {
+                // Pre-copy: no data ready now. The round ends; the stream goes on.
+                self.asks.pop_front();
+                self.stop_asking = true;
+                return Ok(0);
+            }
             Err(err) if self.short && err.in_step() => {
                 // Refused after a short reply: the end, as the spec text has it.
-                self.reads -= 1;
+                self.asks.pop_front();
                 tracing::debug!(%err, "read refused after a short reply: the end of the stream");
                 return Ok(0);
             }
             Err(err) => {
                 // An error reply is a whole message: the connection stays in step.
                 let ok = err.in_step();
-                self.reads -= usize::from(ok);
+                if ok {
+                    self.asks.pop_front();
+                }
                 return Err((
                     RelayError::Source {
                         at: self.total,
@@ -330,9 +379,12 @@ impl Pipeline<'_> {
                 ));
             }
         };
-        self.reads -= 1;
+        self.asks.pop_front();
         let (n, padding) = (head.data, head.padding);
-        self.short = n < self.want;
+        self.short = n < want;
+        if self.round && self.short {
+            self.stop_asking = true;
+        }
         if n > 0 {
             let at = self.total + self.writes.iter().sum::<usize>() as u64;
             let head = self.dst.mig_data_write_head(n);
@@ -386,8 +438,8 @@ impl Pipeline<'_> {
     /// After the end: the reads still in flight must be answered with no data (or refused).
     fn finish(&mut self) -> Result<u64, RelayError> {
         let at = self.total;
-        for _ in 0..self.reads {
-            match self.src.recv_mig_data_read_head(self.want) {
+        while let Some(want) = self.asks.pop_front() {
+            match self.src.recv_mig_data_read_head(want) {
                 Ok(MigReadHead { data: 0, padding }) => self
                     .src
                     .discard(padding)
@@ -408,8 +460,8 @@ impl Pipeline<'_> {
     fn abort(&mut self, (err, src_in_step, dst_in_step): Failure) -> RelayError {
         self.relay.in_step = (src_in_step, dst_in_step);
         if src_in_step {
-            for _ in 0..self.reads {
-                self.relay.discard_reply(self.src, self.want);
+            while let Some(want) = self.asks.pop_front() {
+                self.relay.discard_reply(self.src, want);
             }
         }
         if dst_in_step {

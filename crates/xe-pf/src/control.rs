@@ -398,6 +398,19 @@ impl Control<'_> {
         )
     }
 
+    /// Whether the VF runs on every GT (READY, no operation in progress): what a pre-copy save
+    /// needs to open. `EBUSY` with an operation in progress, `EPERM` otherwise.
+    pub(crate) fn check_running(&self) -> Result<(), Errno> {
+        for g in lock(&self.ctl.gts).iter() {
+            match (g.state, g.wip) {
+                (_, Some(_)) => return Err(Errno::EBUSY),
+                (CtlState::Ready, None) => {}
+                _ => return Err(Errno::EPERM),
+            }
+        }
+        Ok(())
+    }
+
     /// Ends a save or restore session on every GT that is in it: back to Paused.
     pub(crate) fn session_finish(&self) {
         for g in lock(&self.ctl.gts).iter_mut() {

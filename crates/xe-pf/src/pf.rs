@@ -47,6 +47,8 @@ pub struct PfConfig {
     /// How each VF's LMEM is committed: lazily (default), or reserved at provisioning and
     /// mapped, as real VRAM is (see [`crate::hw::mem::Commit`]).
     pub lmem_commit: Commit,
+    /// Offer PRE_COPY (ours): saves that open while the VF runs, with LMEM dirty tracking.
+    pub pre_copy: bool,
 }
 
 impl PfConfig {
@@ -65,6 +67,7 @@ impl PfConfig {
             vram_chunk: DEFAULT_VRAM_CHUNK,
             sriov_pf: true,
             lmem_commit: Commit::Lazy,
+            pre_copy: false,
         }
     }
 }

@@ -52,6 +52,30 @@ pub trait SriovVfio: Send + Sync {
     }
     /// The estimated stop-copy stream size in bytes.
     fn stop_copy_size(&self, vfid: u32) -> Result<u64, Errno>;
+
+    // ---- Ours: PRE_COPY. Upstream exports none of these; a PF without them says so. ----
+
+    /// Whether this PF offers PRE_COPY (dirty tracking of VF LMEM).
+    fn pre_copy_supported(&self) -> bool {
+        false
+    }
+    /// Opens a pre-copy save of a running VF: the stream starts with the descriptor and the
+    /// whole LMEM, then dirty LMEM, while the VF keeps running.
+    fn pre_copy_enter(&self, _vfid: u32) -> Result<(), Errno> {
+        Err(Errno::EOPNOTSUPP)
+    }
+    /// The paused VF's pre-copy save goes on with its stop-copy data (STOP_COPY).
+    fn pre_copy_stop_copy(&self, _vfid: u32) -> Result<(), Errno> {
+        Err(Errno::EOPNOTSUPP)
+    }
+    /// Cancels a pre-copy save; the VF is untouched (running or paused as it was).
+    fn pre_copy_exit(&self, _vfid: u32) -> Result<(), Errno> {
+        Err(Errno::EOPNOTSUPP)
+    }
+    /// `(initial_bytes, dirty_bytes)` of an open pre-copy save, in stream bytes.
+    fn precopy_info(&self, _vfid: u32) -> Result<(u64, u64), Errno> {
+        Err(Errno::ENOTTY)
+    }
 }
 
 impl XePf {
@@ -69,7 +93,7 @@ impl XePf {
         Descriptor {
             device_id: u32::from(self.device_id()),
             revision: u32::from(self.revision()),
-            unknown: Vec::new(),
+            ..Default::default()
         }
     }
 
@@ -120,6 +144,7 @@ impl SriovVfio for XePf {
                 gt_count: self.gt_count(),
                 descriptor: self.descriptor(),
                 vram_chunk: self.config().vram_chunk,
+                pre_copy: false,
             };
             vf.mig.start_save(vf.hw.clone(), self.faults_shared(), p)
         });
@@ -188,5 +213,44 @@ impl SriovVfio for XePf {
     fn stop_copy_size(&self, vfid: u32) -> Result<u64, Errno> {
         let vf = self.checked_vf(vfid)?;
         migration::stop_copy_size(&vf.hw, self.gt_count())
+    }
+
+    fn pre_copy_supported(&self) -> bool {
+        SriovVfio::migration_supported(self) && self.config().pre_copy
+    }
+
+    fn pre_copy_enter(&self, vfid: u32) -> Result<(), Errno> {
+        let vf = self.checked_vf(vfid)?;
+        if !self.pre_copy_supported() {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        vf.mig.check_idle()?;
+        self.control(&vf).check_running()?;
+        let p = SaveParams {
+            vfid,
+            gt_count: self.gt_count(),
+            descriptor: self.descriptor(),
+            vram_chunk: self.config().vram_chunk,
+            pre_copy: true,
+        };
+        vf.mig.start_save(vf.hw.clone(), self.faults_shared(), p)
+    }
+
+    fn pre_copy_stop_copy(&self, vfid: u32) -> Result<(), Errno> {
+        let vf = self.checked_vf(vfid)?;
+        let ctl = self.control(&vf);
+        let r = ctl.save_trigger().and_then(|()| vf.mig.stop_copy());
+        if r.is_err() {
+            ctl.session_finish();
+        }
+        r
+    }
+
+    fn pre_copy_exit(&self, vfid: u32) -> Result<(), Errno> {
+        self.checked_vf(vfid)?.mig.finish_save(vfid)
+    }
+
+    fn precopy_info(&self, vfid: u32) -> Result<(u64, u64), Errno> {
+        self.checked_vf(vfid)?.mig.precopy_info()
     }
 }

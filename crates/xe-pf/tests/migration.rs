@@ -94,7 +94,8 @@ fn descriptor_klv_vector() {
         Descriptor {
             device_id: 0xE20B,
             revision: 1,
-            unknown: vec![(0xF0AA, vec![7, 8])]
+            unknown: vec![(0xF0AA, vec![7, 8])],
+            ..Default::default()
         }
     );
     assert_eq!(d.emit(), payload, "unknown keys preserved on emit");
@@ -120,7 +121,8 @@ fn descriptor_klv_vector() {
         Descriptor::parse(&two_dword_id),
         Err(WireError::KlvLength {
             key: 0xF001,
-            len: 2
+            len: 2,
+            want: 1
         })
     );
     assert_eq!(klvs(&[]).count(), 0);
@@ -334,7 +336,7 @@ fn stop_copy_size_relation() {
         let desc = Descriptor {
             device_id: pf.device_id().into(),
             revision: pf.revision().into(),
-            unknown: vec![],
+            ..Default::default()
         };
         let chunks = lmem.div_ceil(1 << 20);
         assert_eq!(
@@ -908,7 +910,7 @@ fn fuzz_seeds_restore_as_named() {
     let prefix = Descriptor {
         device_id: Platform::Bmg.default_device_id().into(),
         revision: Platform::Bmg.default_revision().into(),
-        unknown: vec![],
+        ..Default::default()
     }
     .packet();
     let mut seen = 0;

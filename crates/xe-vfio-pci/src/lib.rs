@@ -96,6 +96,8 @@ pub struct XeVfioPci {
 struct XeMigration {
     xe: Arc<dyn SriovVfio>,
     vfid: u32,
+    /// PRE_COPY offered (ours: the PF tracks dirty LMEM).
+    pre_copy: bool,
 }
 
 struct SaveFile(Arc<dyn SriovVfio>, u32);
@@ -104,6 +106,10 @@ struct ResumeFile(Arc<dyn SriovVfio>, u32);
 impl SaveData for SaveFile {
     fn read_to(&mut self, max: usize, sink: &mut dyn DataSink) -> Result<usize, Errno> {
         self.0.data_read_to(self.1, max, sink)
+    }
+
+    fn precopy_info(&mut self) -> Result<(u64, u64), Errno> {
+        self.0.precopy_info(self.1)
     }
 }
 
@@ -115,8 +121,14 @@ impl ResumeData for ResumeFile {
 
 impl MigrationOps for XeMigration {
     fn flags(&self) -> MigrationFlags {
-        // No PRE_COPY: the hardware cannot track dirty pages.
-        MigrationFlags::STOP_COPY | MigrationFlags::P2P
+        // Upstream: no PRE_COPY, the hardware cannot track dirty pages. Ours: offered when the
+        // PF tracks dirty LMEM.
+        let f = MigrationFlags::STOP_COPY | MigrationFlags::P2P;
+        if self.pre_copy {
+            f | MigrationFlags::PRE_COPY
+        } else {
+            f
+        }
     }
 
     fn step(&self, cur: DeviceState, next: DeviceState) -> Result<Option<DataStream>, Errno> {
@@ -140,8 +152,18 @@ impl MigrationOps for XeMigration {
                 )))))
             }
             (Resuming, Stop) => xe.resume_data_exit(vfid).map(|()| None),
+            // Ours: PRE_COPY, only when offered (the core never walks these arcs otherwise).
+            (Running, PreCopy) => {
+                xe.pre_copy_enter(vfid)?;
+                Ok(Some(DataStream::Save(Box::new(SaveFile(xe.clone(), vfid)))))
+            }
+            (PreCopy, PreCopyP2p) => xe.suspend_device(vfid).map(|()| None),
+            (PreCopyP2p, PreCopy) => xe.resume_device(vfid).map(|()| None),
+            (PreCopyP2p, StopCopy) => xe.pre_copy_stop_copy(vfid).map(|()| None),
+            // Cancelling: the VF stays as it is (running, or paused in RUNNING_P2P).
+            (PreCopy, Running) | (PreCopyP2p, RunningP2p) => xe.pre_copy_exit(vfid).map(|()| None),
             _ => {
-                tracing::error!(%cur, %next, "arc the core never produces for STOP_COPY|P2P");
+                tracing::error!(%cur, %next, "arc the core never produces for these flags");
                 Err(Errno::EINVAL)
             }
         }
@@ -177,6 +199,7 @@ impl XeVfioPci {
                 Some(MigrationCore::new(Box::new(XeMigration {
                     xe: pf.clone(),
                     vfid: *vfid,
+                    pre_copy: pf.pre_copy_supported(),
                 }))?)
             }
             _ => None,
@@ -260,9 +283,15 @@ impl PciVariant for XeVfioPci {
 
     fn bar_fd(&self, bar: u32) -> Option<(BorrowedFd<'_>, u64)> {
         // Offered for mmap only when the quota fills the BAR: a client maps the whole region,
-        // and pages past the end of the LMEM file would fault.
+        // and pages past the end of the LMEM file would fault. Never while PRE_COPY is
+        // offered: writes through a client's mapping never reach the device, so dirty
+        // tracking could not see them — every access traps instead (`hw::dirty`).
+        let pre_copy = self
+            .mig
+            .as_ref()
+            .is_some_and(|m| m.flags().contains(MigrationFlags::PRE_COPY));
         match bar {
-            2 if self.func.hw.lmem_size() == self.bar2_size() => {
+            2 if !pre_copy && self.func.hw.lmem_size() == self.bar2_size() => {
                 self.func.hw.lmem().map(|l| (l.fd(), 0))
             }
             _ => None,

@@ -41,6 +41,7 @@ pub fn demo() -> Result<(), CliError> {
         vfs,
         lmem_per_vf: LMEM,
         lmem_commit: Commit::Reserved,
+        pre_copy: false,
     };
     let a = start_host(&spec(2), &dir.path().join("host-a"), &stop, &opts)?;
     let b = start_host(&spec(3), &dir.path().join("host-b"), &stop, &opts)?;
@@ -113,7 +114,7 @@ fn run(src_sock: &std::path::Path, dst_sock: &std::path::Path) -> Result<(), Cli
     let report = {
         let mut s = src.lock().unwrap_or_else(|p| p.into_inner());
         let mut d = dst.lock().unwrap_or_else(|p| p.into_inner());
-        ops::migrate(&mut s, &mut d, &mut |_, _| {})?
+        ops::migrate(&mut s, &mut d, None, &mut |_, _| {})?
     };
     let in_flight = w.in_flight().unwrap_or(0);
     step(

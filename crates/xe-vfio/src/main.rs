@@ -57,7 +57,8 @@ enum Cmd {
         /// appear when written; costs only what is used: for large, sparse setups).
         #[arg(long, default_value = "reserved")]
         lmem_commit: Commit,
-        /// Offer PRE_COPY (not implemented yet: refused with an error).
+        /// Offer PRE_COPY (ours; upstream has none): migration flags STOP_COPY|P2P|PRE_COPY, LMEM
+        /// dirty tracking, and BAR2 served without mmap so every write is seen.
         #[arg(long)]
         pre_copy: bool,
         /// Largest max_data_xfer_size the servers agree to.
@@ -73,6 +74,19 @@ enum Cmd {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Iterative pre-copy of VRAM while the source runs (the source must offer PRE_COPY).
+        #[arg(long)]
+        pre_copy: bool,
+        /// With --pre-copy: switch over once the estimated stop-copy time fits this.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "50ms", requires = "pre_copy")]
+        max_downtime: std::time::Duration,
+        /// With --pre-copy: stop iterating after this long.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s", requires = "pre_copy")]
+        max_precopy: std::time::Duration,
+        /// With --pre-copy: if it has not converged by --max-precopy, abort (the source keeps
+        /// running) instead of switching over anyway.
+        #[arg(long, requires = "pre_copy")]
+        strict: bool,
     },
     /// Save a VF's migration stream to a file (the VF runs again afterwards).
     Save {
@@ -158,10 +172,6 @@ fn run(cli: Cli) -> Result<(), CliError> {
             pre_copy,
             max_xfer,
         } => {
-            if pre_copy {
-                return Err(CliError::new("--pre-copy: PRE_COPY is not implemented yet")
-                    .hint("the upstream hardware cannot track dirty pages; dirty tracking in the emulator is planned"));
-            }
             let max_xfer = u32::try_from(max_xfer)
                 .ok()
                 .filter(|v| *v > 0 && *v <= vfio_user::msg::MAX_DATA_XFER_LIMIT)
@@ -171,14 +181,28 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 vfs,
                 lmem_per_vf,
                 lmem_commit,
+                pre_copy,
             };
             serve::serve(&spec, &socket_dir, max_xfer)
         }
-        Cmd::Migrate { from, to, json } => {
+        Cmd::Migrate {
+            from,
+            to,
+            json,
+            pre_copy,
+            max_downtime,
+            max_precopy,
+            strict,
+        } => {
             let mut src = connect(&from, cli.timeout)?;
             let mut dst = connect(&to, cli.timeout)?;
             let pb = progress_bar(0);
-            let r = ops::migrate(&mut src, &mut dst, &mut |done, est| {
+            let opts = pre_copy.then_some(ops::PreCopyOpts {
+                max_downtime,
+                max_precopy,
+                strict,
+            });
+            let r = ops::migrate(&mut src, &mut dst, opts, &mut |done, est| {
                 pb.set_length(est.max(done));
                 pb.set_position(done);
             });
@@ -187,24 +211,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             } else {
-                println!("migrated {} → {}", from.display(), to.display());
-                println!(
-                    "  bytes       {} ({} estimated)",
-                    human(r.bytes),
-                    human(r.estimated_bytes)
-                );
-                println!(
-                    "  transfer    {:.3} s, {:.0} MiB/s",
-                    r.transfer_seconds, r.throughput_mib_s
-                );
-                println!(
-                    "  downtime    {:.1} ms (source leaving RUNNING → destination RUNNING)",
-                    r.downtime_ms
-                );
-                println!(
-                    "  source      {}; destination {}",
-                    r.source_state, r.destination_state
-                );
+                print_report(&r, &from, &to);
             }
             Ok(())
         }
@@ -272,6 +279,58 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::Bench { sizes, json } => bench::bench(&sizes, json),
         Cmd::BenchSink { path } => bench::sink(&path),
     }
+}
+
+fn print_report(r: &ops::Report, from: &std::path::Path, to: &std::path::Path) {
+    println!("migrated {} → {}", from.display(), to.display());
+    if let Some(p) = &r.pre_copy {
+        println!(
+            "  pre-copy    {} in {} rounds, {:.3} s, source running",
+            human(p.precopy_bytes),
+            p.rounds.len(),
+            p.precopy_seconds
+        );
+        for (i, x) in p.rounds.iter().enumerate() {
+            println!(
+                "    round {:>3}  {:>10} in {:.3} s, then {} dirty, {} initial left",
+                i + 1,
+                human(x.bytes),
+                x.seconds,
+                human(x.dirty_bytes_after),
+                human(x.initial_bytes_after)
+            );
+        }
+        if p.converged {
+            println!(
+                "  converged   estimated stop-copy {:.1} ms ≤ budget {:.0} ms",
+                p.estimated_downtime_ms, p.max_downtime_ms
+            );
+        } else {
+            println!(
+                "  NOT CONVERGED in {:.1} s (estimated stop-copy {:.1} ms > budget {:.0} ms): \
+                 switched over anyway (--strict aborts instead)",
+                p.max_precopy_seconds, p.estimated_downtime_ms, p.max_downtime_ms
+            );
+        }
+        println!("  stop-copy   {}", human(p.stop_copy_bytes));
+    }
+    println!(
+        "  bytes       {} ({} stop-copy estimate before)",
+        human(r.bytes),
+        human(r.estimated_bytes)
+    );
+    println!(
+        "  transfer    {:.3} s stop-copy, {:.0} MiB/s; total {:.3} s",
+        r.transfer_seconds, r.throughput_mib_s, r.total_seconds
+    );
+    println!(
+        "  downtime    {:.1} ms (source leaving RUNNING or PRE_COPY → destination RUNNING)",
+        r.downtime_ms
+    );
+    println!(
+        "  source      {}; destination {}",
+        r.source_state, r.destination_state
+    );
 }
 
 fn print_inspection(file: &std::path::Path, i: &xe_pf::migration::inspect::Inspection, json: bool) {

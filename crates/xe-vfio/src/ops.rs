@@ -11,6 +11,16 @@
 //! The end of a stream is a reply with no data, or an error reply right after a short one
 //! (see `vfio_user::Relay::run`).
 //!
+//! `migrate` with pre-copy (a source offering PRE_COPY): the destination goes to RESUMING,
+//! the source RUNNING → PRE_COPY while it runs on, and rounds are relayed — each the initial
+//! plus dirty bytes the source's MIG_PRECOPY_INFO reports, ending early at the stream's
+//! temporary end. Before each round the stop-copy time is estimated from the dirty bytes
+//! (plus [`FIXED_STOP_COPY_BYTES`] for the rest of the stop-copy data) and the throughput
+//! measured so far; once the initial data is sent and the estimate fits `max_downtime`, the
+//! source stops (PRE_COPY → PRE_COPY_P2P → STOP_COPY) and the rest is relayed as in a
+//! stop-copy migration. If it has not converged by `max_precopy`, the switch happens anyway
+//! (the report says so) or, with `strict`, the migration aborts.
+//!
 //! Any failure aborts: the source goes back to RUNNING with its state intact, the destination
 //! is reset, and the error says what state each is in. A connection that broke in the middle
 //! of a message (a socket or protocol error) is never reused: it is reopened first.
@@ -18,21 +28,71 @@
 use crate::util::{CliError, Context};
 use serde::Serialize;
 use std::io::{Read, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use vfio_core::{DeviceState, MigrationFlags};
 use vfio_user::{Client, ClientError, Relay, RelayError};
 
 /// What a migration did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// Every byte of the stream, pre-copy rounds included.
     pub bytes: u64,
+    /// The source's stop-copy estimate (MIG_DATA_SIZE) before the migration.
     pub estimated_bytes: u64,
+    /// Seconds spent relaying the stop-copy part.
     pub transfer_seconds: f64,
     pub throughput_mib_s: f64,
+    /// From the source VF leaving RUNNING (or PRE_COPY) to the destination reaching RUNNING.
     pub downtime_ms: f64,
+    /// From the first request to the destination RUNNING.
+    pub total_seconds: f64,
     pub source_state: String,
     pub destination_state: String,
+    /// Present for a pre-copy migration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_copy: Option<PreCopyReport>,
 }
+
+/// How a pre-copy migration decides to switch over.
+#[derive(Debug, Clone, Copy)]
+pub struct PreCopyOpts {
+    /// Switch over once the estimated stop-copy time fits this.
+    pub max_downtime: Duration,
+    /// Stop iterating after this long in PRE_COPY.
+    pub max_precopy: Duration,
+    /// If not converged by `max_precopy`: abort (source keeps running) instead of switching.
+    pub strict: bool,
+}
+
+/// One pre-copy round.
+#[derive(Debug, Clone, Serialize)]
+pub struct Round {
+    pub bytes: u64,
+    pub seconds: f64,
+    /// MIG_PRECOPY_INFO after the round.
+    pub initial_bytes_after: u64,
+    pub dirty_bytes_after: u64,
+}
+
+/// The pre-copy part of a migration.
+#[derive(Debug, Clone, Serialize)]
+pub struct PreCopyReport {
+    pub rounds: Vec<Round>,
+    pub precopy_bytes: u64,
+    pub precopy_seconds: f64,
+    /// Bytes relayed after the source stopped.
+    pub stop_copy_bytes: u64,
+    /// Whether the estimate fitted the budget before `max_precopy`.
+    pub converged: bool,
+    /// The estimated stop-copy time when the switch was decided.
+    pub estimated_downtime_ms: f64,
+    pub max_downtime_ms: f64,
+    pub max_precopy_seconds: f64,
+}
+
+/// Stop-copy bytes that are not dirty VRAM (GUC, MMIO and GGTT packets, trailer), allowed for
+/// in the downtime estimate: a few hundred KiB on these VFs, rounded up.
+pub const FIXED_STOP_COPY_BYTES: u64 = 1 << 20;
 
 /// One device being driven: its client, its migration flags, and the state it is in as far as
 /// our requests know.
@@ -150,13 +210,15 @@ fn relay_error(e: RelayError) -> CliError {
     }
 }
 
-/// Live-migrates the device behind `src` into the device behind `dst`.
-/// `progress(done, estimate)` is called after every chunk.
+/// Live-migrates the device behind `src` into the device behind `dst`, with pre-copy when
+/// `pre_copy` is given. `progress(done, estimate)` is called after every chunk.
 pub fn migrate(
     src: &mut Client,
     dst: &mut Client,
+    pre_copy: Option<PreCopyOpts>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Report, CliError> {
+    let start = Instant::now();
     let mut s = Dev::open(src, "source")?;
     let mut d = Dev::open(dst, "destination")?;
     if s.state != DeviceState::Running {
@@ -164,6 +226,13 @@ pub fn migrate(
             CliError::new(format!("source is in {}, not RUNNING", s.state))
                 .hint("reset the source device, or let a running migration finish"),
         );
+    }
+    if pre_copy.is_some() && !s.flags.contains(MigrationFlags::PRE_COPY) {
+        return Err(CliError::new(format!(
+            "source does not offer PRE_COPY (migration flags {})",
+            s.flags
+        ))
+        .hint("serve the source with 'xe-vfio serve --pre-copy', or migrate without --pre-copy"));
     }
     // Destination first: ready before the source stops.
     if let Err(e) = d.walk(DeviceState::Resuming) {
@@ -180,15 +249,37 @@ pub fn migrate(
     } else {
         Relay::copying()
     };
-    match copy_stream(&mut s, &mut d, &mut relay, estimate, progress) {
+    let mut pre = None;
+    let mut t0 = t0;
+    if let Some(opts) = pre_copy {
+        match pre_copy_rounds(&mut s, &mut d, &mut relay, opts, progress) {
+            Ok(r) => pre = Some(r),
+            Err((mut e, (src_ok, dst_ok))) => {
+                let src_note = s.resume_source(src_ok);
+                let dst_note = d.reset_destination(dst_ok);
+                e.hint = Some(format!("the migration was aborted; {src_note}; {dst_note}"));
+                return Err(e);
+            }
+        }
+        // Downtime starts now: the source leaves PRE_COPY.
+        t0 = Instant::now();
+    }
+    let base = pre.as_ref().map_or(0, |p| p.precopy_bytes);
+    let mut progress_after = |done: u64, est: u64| progress(base + done, base + est);
+    match copy_stream(&mut s, &mut d, &mut relay, estimate, &mut progress_after) {
         Ok((bytes, transfer)) => Ok(Report {
-            bytes,
+            bytes: base + bytes,
             estimated_bytes: estimate,
             transfer_seconds: transfer,
             throughput_mib_s: bytes as f64 / (1 << 20) as f64 / transfer.max(1e-9),
             downtime_ms: t0.elapsed().as_secs_f64() * 1e3,
+            total_seconds: start.elapsed().as_secs_f64(),
             source_state: s.state.to_string(),
             destination_state: d.state.to_string(),
+            pre_copy: pre.map(|mut p| {
+                p.stop_copy_bytes = bytes;
+                p
+            }),
         }),
         Err((mut e, (src_ok, dst_ok))) => {
             // Abort: the source keeps its state and runs again; the destination is reset.
@@ -202,6 +293,100 @@ pub fn migrate(
 
 /// Whether each connection is in step after a failure.
 type InStep = (bool, bool);
+
+/// The pre-copy phase: the source to PRE_COPY, rounds relayed until the estimated stop-copy
+/// time fits the budget (or `max_precopy` passes). Leaves the source in PRE_COPY.
+fn pre_copy_rounds(
+    s: &mut Dev<'_>,
+    d: &mut Dev<'_>,
+    relay: &mut Relay,
+    opts: PreCopyOpts,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<PreCopyReport, (CliError, InStep)> {
+    let src_err = |e: CliError| {
+        let k = (e.in_step, true);
+        (e, k)
+    };
+    s.walk(DeviceState::PreCopy).map_err(src_err)?;
+    let t = Instant::now();
+    let mut report = PreCopyReport {
+        rounds: Vec::new(),
+        precopy_bytes: 0,
+        precopy_seconds: 0.0,
+        stop_copy_bytes: 0,
+        converged: false,
+        estimated_downtime_ms: f64::INFINITY,
+        max_downtime_ms: opts.max_downtime.as_secs_f64() * 1e3,
+        max_precopy_seconds: opts.max_precopy.as_secs_f64(),
+    };
+    let mut info = precopy_info(s).map_err(src_err)?;
+    let mut sending = 0.0f64;
+    loop {
+        let (initial, dirty) = info;
+        // Throughput so far; before the first round, nothing is known: no estimate fits.
+        let rate = report.precopy_bytes as f64 / sending.max(1e-9);
+        let estimate = if report.precopy_bytes == 0 {
+            f64::INFINITY
+        } else {
+            (dirty + FIXED_STOP_COPY_BYTES) as f64 / rate
+        };
+        report.estimated_downtime_ms = estimate * 1e3;
+        if initial == 0 && estimate <= opts.max_downtime.as_secs_f64() {
+            report.converged = true;
+            break;
+        }
+        if t.elapsed() >= opts.max_precopy {
+            if opts.strict {
+                let e = CliError::new(format!(
+                    "pre-copy did not converge in {:.1} s: the estimated stop-copy time is                      {:.0} ms (budget {:.0} ms; {} dirty, {} rounds)",
+                    opts.max_precopy.as_secs_f64(),
+                    estimate * 1e3,
+                    report.max_downtime_ms,
+                    crate::util::human(dirty),
+                    report.rounds.len()
+                ));
+                return Err((e, (true, true)));
+            }
+            break;
+        }
+        let limit = (initial + dirty).max(1);
+        let base = report.precopy_bytes;
+        let r0 = Instant::now();
+        let moved = relay
+            .run_round(s.c, d.c, limit, &mut |done| {
+                progress(base + done, base + limit.max(done))
+            })
+            .map_err(|e| (relay_error(e), relay.in_step()))?;
+        let secs = r0.elapsed().as_secs_f64();
+        sending += secs;
+        report.precopy_bytes += moved;
+        if moved == 0 {
+            // Nothing was ready (the VF is idle, the budget unreachable): do not spin.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        info = precopy_info(s).map_err(src_err)?;
+        report.rounds.push(Round {
+            bytes: moved,
+            seconds: secs,
+            initial_bytes_after: info.0,
+            dirty_bytes_after: info.1,
+        });
+    }
+    report.precopy_seconds = t.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// MIG_PRECOPY_INFO of a source in PRE_COPY.
+fn precopy_info(s: &mut Dev<'_>) -> Result<(u64, u64), CliError> {
+    let who = s.who;
+    let (_, initial, dirty) = s.c.precopy_info(0).map_err(|e| {
+        let in_step = e.in_step();
+        let mut err = CliError::new(format!("{who}: reading MIG_PRECOPY_INFO")).cause(e);
+        err.in_step = in_step;
+        err
+    })?;
+    Ok((initial, dirty))
+}
 
 fn copy_stream(
     s: &mut Dev<'_>,

@@ -26,6 +26,8 @@ pub struct HostSpec {
     /// LMEM quota of each VF (ignored on integrated parts).
     pub lmem_per_vf: u64,
     pub lmem_commit: Commit,
+    /// Offer PRE_COPY (migration flags 0x7; BAR2 then has no mmap: every access traps).
+    pub pre_copy: bool,
 }
 
 /// Builds a PF as `spec` says and serves its VFs under `dir`.
@@ -40,6 +42,7 @@ pub fn start_host(
         vfs,
         lmem_per_vf,
         lmem_commit,
+        pre_copy,
     } = spec;
     let lmem = if platform.has_vram() { lmem_per_vf } else { 0 };
     if lmem_commit == Commit::Reserved {
@@ -48,6 +51,7 @@ pub fn start_host(
     let mut cfg = PfConfig::sized_for(platform, vfs, lmem)
         .ctx(|| format!("sizing the {platform} PF for {vfs} VFs"))?;
     cfg.lmem_commit = lmem_commit;
+    cfg.pre_copy = pre_copy;
     let prov = VfProvision {
         lmem,
         ggtt: xe_pf::pf::DEFAULT_VF_GGTT,
@@ -137,6 +141,7 @@ pub fn serve(spec: &HostSpec, dir: &Path, max_xfer: u32) -> Result<(), CliError>
         vfs,
         lmem_per_vf,
         lmem_commit,
+        pre_copy,
     } = *spec;
     if vfs == 0 || vfs > 63 {
         return Err(CliError::new(format!(
@@ -176,10 +181,10 @@ pub fn serve(spec: &HostSpec, dir: &Path, max_xfer: u32) -> Result<(), CliError>
         } else {
             String::new()
         },
-        if pf.migration_supported() {
-            "supported"
-        } else {
-            "not supported"
+        match (pf.migration_supported(), pre_copy) {
+            (true, true) => "supported, with PRE_COPY (flags 0x7; BAR2 not mappable)",
+            (true, false) => "supported (STOP_COPY|P2P)",
+            (false, _) => "not supported",
         }
     );
     for s in &host.sockets {

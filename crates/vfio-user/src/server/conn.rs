@@ -146,6 +146,7 @@ impl<'a> Conn<'a> {
             Request::RegionWrite(r, data) => self.region_write(r, data),
             Request::Reset => self.reset(),
             Request::Feature(f, data) => self.feature(f, data),
+            Request::MigPrecopyInfo(r) => self.precopy_info(r),
             // Streamed by `request`, never decoded from a buffer.
             Request::MigDataRead(_) | Request::MigDataWrite(..) => Err(Errno::EINVAL),
         }

@@ -5,13 +5,16 @@
 //! `DataSink`/`DataSource` adapters over the socket — no buffer of the server's in between.
 
 use super::conn::{Conn, Handled, Reply};
-use crate::msg::{feature, Feature, Fields, Header, MigData, HEADER_LEN};
+use crate::msg::{
+    feature, Feature, Fields, Header, MigData, PrecopyInfo, PrecopyInfoRequest, HEADER_LEN,
+};
 use crate::sock;
 use rustix::fd::BorrowedFd;
 use std::io;
 use std::os::unix::net::UnixStream;
 use vfio_core::{
-    DataSink, DataSource, DeviceState, Errno, MigStream, MigrationCore, ResumeStream, SaveStream,
+    DataSink, DataSource, DeviceState, Errno, MigStream, MigrationCore, MigrationFlags,
+    ResumeStream, SaveStream,
 };
 
 /// Pieces smaller than this are gathered and sent with the next large one.
@@ -247,7 +250,29 @@ impl Conn<'_> {
         Ok(Handled::Reply(r.map(|()| None)))
     }
 
-    /// DEVICE_FEATURE: MIGRATION, MIG_DEVICE_STATE, MIG_DATA_SIZE (ours).
+    /// MIG_PRECOPY_INFO (libvfio-user's extension, command 19): the kernel's
+    /// `VFIO_MIG_GET_PRECOPY_INFO`. A device without PRE_COPY does not know the command
+    /// (`EOPNOTSUPP`, as for any unknown command); outside PRE_COPY* it is `EINVAL`.
+    pub(super) fn precopy_info(&mut self, req: PrecopyInfoRequest) -> Reply {
+        let core = self.dev.migration().ok_or(Errno::EOPNOTSUPP)?;
+        if !core.flags().contains(MigrationFlags::PRE_COPY) {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if (req.argsz as usize) < PrecopyInfo::LEN {
+            return Err(Errno::EINVAL);
+        }
+        let info = core.precopy_info(req.flags)?;
+        PrecopyInfo {
+            argsz: PrecopyInfo::LEN as u32,
+            flags: info.flags,
+            initial_bytes: info.initial_bytes,
+            dirty_bytes: info.dirty_bytes,
+        }
+        .emit(&mut self.out);
+        Ok(None)
+    }
+
+    /// DEVICE_FEATURE: MIGRATION, MIG_DEVICE_STATE, MIG_DATA_SIZE (ours), MIG_PRECOPY_INFOv2.
     pub(super) fn feature(&mut self, req: Feature, data: &[u8]) -> Reply {
         let index = req.flags & feature::MASK;
         let (get, set, probe) = (
@@ -263,6 +288,9 @@ impl Conn<'_> {
         let (can_get, can_set) = match index {
             feature::MIGRATION | feature::MIG_DATA_SIZE => (true, false),
             feature::MIG_DEVICE_STATE => (true, true),
+            feature::MIG_PRECOPY_INFO_V2 if core.flags().contains(MigrationFlags::PRE_COPY) => {
+                (false, true)
+            }
             _ => return Err(Errno::ENOTTY),
         };
         if (get && !can_get) || (set && !can_set) || (!get && !set) {
@@ -293,6 +321,12 @@ impl Conn<'_> {
             }
             .emit(&mut self.out);
             self.put(&value);
+            return Ok(None);
+        }
+        if index == feature::MIG_PRECOPY_INFO_V2 {
+            // An opt-in: no data, any supplied is ignored.
+            core.set_precopy_info_v2()?;
+            req.emit(&mut self.out);
             return Ok(None);
         }
         // SET MIG_DEVICE_STATE: the data fd of the kernel's uAPI has no meaning here.

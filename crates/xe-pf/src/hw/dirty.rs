@@ -74,10 +74,12 @@ impl DirtyMap {
 
     /// Bytes marked dirty now (whole granules, the last one cut at the LMEM's end).
     pub fn dirty_bytes(&self) -> u64 {
+        self.ranges().iter().map(|(s, e)| e - s).sum()
+    }
+
+    /// The dirty ranges `[start, end)` now, merged, in order, without clearing them.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
         self.ranges_of(|w| w.load(Ordering::Acquire))
-            .iter()
-            .map(|(s, e)| e - s)
-            .sum()
     }
 
     /// Takes the marks: the dirty ranges `[start, end)`, merged, in order; they are clear

@@ -132,11 +132,25 @@ impl Sessions {
 
     /// Save-stream bytes into `sink` (see [`DataSink`]); `EINVAL` if no save is open.
     pub(crate) fn read_to(&self, max: usize, sink: &mut dyn DataSink) -> Result<usize, Errno> {
-        let s = match &*lock(&self.0) {
-            Session::Save(s) => s.clone(),
-            _ => return Err(Errno::EINVAL),
-        };
-        s.read_to(max, sink)
+        self.save()?.read_to(max, sink)
+    }
+
+    /// The open save session; `EINVAL` if none.
+    fn save(&self) -> Result<Arc<SaveSession>, Errno> {
+        match &*lock(&self.0) {
+            Session::Save(s) => Ok(s.clone()),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// Pre-copy: the VF has stopped; the save goes on with the stop-copy data.
+    pub(crate) fn stop_copy(&self) -> Result<(), Errno> {
+        self.save()?.stop_copy()
+    }
+
+    /// Pre-copy: `(initial_bytes, dirty_bytes)`; `EINVAL` if no pre-copy save is open.
+    pub(crate) fn precopy_info(&self) -> Result<(u64, u64), Errno> {
+        self.save()?.precopy_info()
     }
 
     /// Resume-stream bytes from `source`; `EINVAL` if no restore is open.

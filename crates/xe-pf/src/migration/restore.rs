@@ -266,6 +266,17 @@ impl RestoreSession {
                     }
                     .into());
                 }
+                // Ours: pre-copy streams name the VF's sizes, so a destination that cannot
+                // take the VF refuses it on the first packet, while the source still runs.
+                let sizes = [
+                    ("LMEM", d.lmem_size, self.hw.lmem_size()),
+                    ("GGTT", d.ggtt_size, self.hw.ggtt().ptes() as u64 * 4096),
+                ];
+                for (what, found, want) in sizes {
+                    if let Some(found) = found.filter(|&f| f != want) {
+                        return Err(WireError::SizeMismatch { what, found, want }.into());
+                    }
+                }
             }
             PacketType::Mmio => {
                 let mut v = [0u32; 4];

@@ -1,8 +1,18 @@
 //! Save: per-GT producers fill bounded rings; `read` drains them at any byte split.
 //!
-//! Stream order: DESCRIPTOR, then each GT's packets (GUC, MMIO; on the primary GT also GGTT
-//! and, on discrete parts, VRAM chunks), GTs interleaved round-robin (deterministically), then
-//! TRAILER.
+//! Stream order (stop-copy save): DESCRIPTOR, then each GT's packets (GUC, MMIO; on the primary
+//! GT also GGTT and, on discrete parts, VRAM chunks), GTs interleaved round-robin
+//! (deterministically), then TRAILER.
+//!
+//! A pre-copy save (ours; upstream has no PRE_COPY) opens while the VF runs, with LMEM dirty
+//! tracking on: DESCRIPTOR (naming the VF's LMEM and GGTT sizes), the whole LMEM as VRAM
+//! packets (the *initial* data), then rounds of dirty VRAM — each read past the data ready
+//! takes the dirty marks and sends those ranges again; with nothing dirty a read fails with
+//! `ENOMSG`, the kernel's temporary end of stream. When the VF has stopped
+//! ([`SaveSession::stop_copy`]), the producers start without VRAM: GUC, MMIO and GGTT, then
+//! the last dirty VRAM (marks taken until none is left) and the TRAILER. Marks are taken
+//! before the memory is read, so a write is either in the bytes sent or marked for a later
+//! round (see `hw::dirty`).
 //! VRAM packets are *views* on the stopped VF's LMEM: their bytes go from the LMEM straight into
 //! the reader's buffer — or, through `read_to`, to a transport: as the LMEM file's pages
 //! (`DataSink::put_file`, no copy at all) or as slices of a reserved LMEM — so memory in flight
@@ -81,19 +91,40 @@ struct Shared {
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 enum Phase {
     Descriptor,
+    /// Pre-copy: the whole LMEM, chunk by chunk, while the VF runs.
+    Initial,
+    /// Pre-copy: rounds of dirty LMEM; after `stop_copy`, on to `Body`.
+    Dirty,
     Body,
+    /// Pre-copy, VF stopped: the dirty LMEM left, until no mark is left.
+    FinalDirty,
     Trailer,
     End,
+}
+
+/// Which of the PRECOPY_INFO counts a packet belongs to.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Class {
+    Initial,
+    Dirty,
+    Other,
 }
 
 #[derive(Debug)]
 struct Reader {
     phase: Phase,
     cur: Option<(OutPacket, u64)>,
+    cur_class: Class,
     next_gt: usize,
     failed: Option<Errno>,
     /// For lazy LMEM going to a sink without space of its own.
     scratch: Vec<u8>,
+    /// Pre-copy: where the initial pass is.
+    initial_off: u64,
+    /// Pre-copy: dirty ranges taken and not yet sent.
+    batch: VecDeque<(u64, u64)>,
+    /// Pre-copy: the VF has stopped and the producers run.
+    stop_copy: bool,
 }
 
 /// Largest piece of lazy LMEM read at once for a sink.
@@ -103,6 +134,8 @@ const SCRATCH: usize = 1 << 20;
 #[derive(Debug)]
 pub(crate) struct SaveSession {
     hw: Arc<VfHw>,
+    faults: Arc<Faults>,
+    params: SaveParams,
     descriptor: Vec<u8>,
     shared: Arc<Shared>,
     /// Lock: the producer threads' handles, taken to join them (end or cancel).
@@ -118,16 +151,24 @@ pub(crate) struct SaveParams {
     pub(crate) gt_count: u8,
     pub(crate) descriptor: Descriptor,
     pub(crate) vram_chunk: u64,
+    /// A pre-copy save: opened with the VF running, producers started by `stop_copy`.
+    pub(crate) pre_copy: bool,
 }
 
 impl SaveSession {
-    /// Starts one producer thread per GT. If one cannot start, those started are stopped and
-    /// the save fails (`EAGAIN`, as `fork`-like resource exhaustion reports it).
+    /// Starts a save. A stop-copy save starts one producer thread per GT; if one cannot
+    /// start, those started are stopped and the save fails (`EAGAIN`, as `fork`-like resource
+    /// exhaustion reports it). A pre-copy save starts dirty tracking instead; its producers
+    /// start at [`SaveSession::stop_copy`].
     pub(crate) fn start(
         hw: Arc<VfHw>,
         faults: Arc<Faults>,
-        p: SaveParams,
+        mut p: SaveParams,
     ) -> Result<SaveSession, Errno> {
+        if p.pre_copy {
+            p.descriptor.lmem_size = Some(hw.lmem_size());
+            p.descriptor.ggtt_size = Some(hw.ggtt().ptes() as u64 * 4096);
+        }
         let shared = Arc::new(Shared {
             rings: Mutex::new(Rings {
                 gts: (0..p.gt_count).map(|_| GtRing::default()).collect(),
@@ -138,39 +179,111 @@ impl SaveSession {
         });
         let session = SaveSession {
             hw: hw.clone(),
+            faults,
             descriptor: p.descriptor.packet(),
-            shared: shared.clone(),
+            params: p,
+            shared,
             producers: Mutex::new(Vec::new()),
             reader: Mutex::new(Reader {
                 phase: Phase::Descriptor,
                 cur: None,
+                cur_class: Class::Other,
                 next_gt: 0,
                 failed: None,
                 scratch: Vec::new(),
+                initial_off: 0,
+                batch: VecDeque::new(),
+                stop_copy: false,
             }),
         };
+        if session.params.pre_copy {
+            hw.dirty().start();
+        } else {
+            session.start_producers()?;
+        }
+        Ok(session)
+    }
+
+    fn start_producers(&self) -> Result<(), Errno> {
+        let p = &self.params;
         for gt in 0..p.gt_count {
             let vfid = p.vfid;
-            let spawned = match faults.take(vfid, gt, GucOp::StartProducer) {
+            let spawned = match self.faults.take(vfid, gt, GucOp::StartProducer) {
                 Some(_) => Err(std::io::Error::from(std::io::ErrorKind::WouldBlock)),
                 None => {
-                    let (hw, shared, faults, p) =
-                        (hw.clone(), shared.clone(), faults.clone(), p.clone());
+                    let (hw, shared, faults, p) = (
+                        self.hw.clone(),
+                        self.shared.clone(),
+                        self.faults.clone(),
+                        p.clone(),
+                    );
                     std::thread::Builder::new()
                         .name(format!("xe-vf{vfid}-save-gt{gt}"))
                         .spawn(move || produce(&hw, &shared, &faults, &p, gt))
                 }
             };
             match spawned {
-                Ok(t) => lock(&session.producers).push(t),
+                Ok(t) => lock(&self.producers).push(t),
                 Err(e) => {
                     tracing::error!(vfid, gt, %e, "save producer could not start");
-                    session.cancel();
+                    self.cancel();
                     return Err(Errno::EAGAIN);
                 }
             }
         }
-        Ok(session)
+        Ok(())
+    }
+
+    /// Pre-copy: the VF has stopped; the stream goes on with the stop-copy data (the
+    /// producers start, without VRAM) and ends. `EINVAL` for a stop-copy save or a second call.
+    pub(crate) fn stop_copy(&self) -> Result<(), Errno> {
+        let mut r = lock(&self.reader);
+        if !self.params.pre_copy || r.stop_copy {
+            return Err(Errno::EINVAL);
+        }
+        if let Some(e) = r.failed {
+            return Err(e);
+        }
+        self.start_producers()?;
+        r.stop_copy = true;
+        Ok(())
+    }
+
+    /// `(initial_bytes, dirty_bytes)` of a pre-copy save before it stops, in stream bytes
+    /// (headers included): the initial data not yet read, and the dirty data — taken and not
+    /// yet read, or marked. `ENOTTY` for a stop-copy save; `EINVAL` once stop-copy began.
+    pub(crate) fn precopy_info(&self) -> Result<(u64, u64), Errno> {
+        if !self.params.pre_copy {
+            return Err(Errno::ENOTTY);
+        }
+        let r = lock(&self.reader);
+        if r.stop_copy {
+            return Err(Errno::EINVAL);
+        }
+        let chunk = self.params.vram_chunk;
+        let packets = |len: u64| len + HEADER_LEN as u64 * len.div_ceil(chunk);
+        let lmem = self.hw.lmem_size();
+        let mut initial = match r.phase {
+            Phase::Descriptor => self.descriptor.len() as u64 + packets(lmem),
+            Phase::Initial => packets(lmem - r.initial_off),
+            _ => 0,
+        };
+        let mut dirty: u64 = r.batch.iter().map(|(s, e)| packets(e - s)).sum();
+        dirty += self
+            .hw
+            .dirty()
+            .ranges()
+            .iter()
+            .map(|(s, e)| packets(e - s))
+            .sum::<u64>();
+        if let Some((pkt, pos)) = &r.cur {
+            match r.cur_class {
+                Class::Initial => initial += pkt.total() - pos,
+                Class::Dirty => dirty += pkt.total() - pos,
+                Class::Other => {}
+            }
+        }
+        Ok((initial, dirty))
     }
 
     /// Hands up to `max` stream bytes to `sink` (see [`DataSink`]): all `max` unless the stream
@@ -194,6 +307,9 @@ impl SaveSession {
                 None => match self.next_packet(r) {
                     Ok(Some(p)) => (p, 0),
                     Ok(None) => break,
+                    // Pre-copy's temporary end: a short read, or ENOMSG if nothing came.
+                    Err(Errno::ENOMSG) if n > 0 => break,
+                    Err(Errno::ENOMSG) => return Err(Errno::ENOMSG),
                     Err(e) => {
                         r.failed = Some(e);
                         return Err(e);
@@ -279,7 +395,12 @@ impl SaveSession {
     fn next_packet(&self, r: &mut Reader) -> Result<Option<OutPacket>, Errno> {
         match r.phase {
             Phase::Descriptor => {
-                r.phase = Phase::Body;
+                r.phase = if self.params.pre_copy {
+                    Phase::Initial
+                } else {
+                    Phase::Body
+                };
+                r.cur_class = Class::Initial;
                 let size = (self.descriptor.len() - HEADER_LEN) as u64;
                 let mut header = [0u8; HEADER_LEN];
                 header.copy_from_slice(&self.descriptor[..HEADER_LEN]);
@@ -327,13 +448,43 @@ impl SaveSession {
                     let p = g.gts[gt].q.pop_front();
                     drop(g);
                     self.shared.cv.notify_all();
+                    r.cur_class = Class::Other;
                     return Ok(p);
                 }
                 drop(g);
-                r.phase = Phase::Trailer;
+                r.phase = if self.params.pre_copy {
+                    Phase::FinalDirty
+                } else {
+                    Phase::Trailer
+                };
+                self.next_packet(r)
+            }
+            Phase::Initial => {
+                let lmem = self.hw.lmem_size();
+                if r.initial_off >= lmem {
+                    r.phase = Phase::Dirty;
+                    return self.next_packet(r);
+                }
+                let len = self.params.vram_chunk.min(lmem - r.initial_off);
+                let p = vram_packet(r.initial_off, len);
+                r.initial_off += len;
+                r.cur_class = Class::Initial;
+                Ok(Some(p))
+            }
+            Phase::Dirty | Phase::FinalDirty => {
+                if let Some(p) = self.next_dirty(r) {
+                    return Ok(Some(p));
+                }
+                match r.phase {
+                    Phase::Dirty if r.stop_copy => r.phase = Phase::Body,
+                    // Nothing dirty while the VF runs: the temporary end of the stream.
+                    Phase::Dirty => return Err(Errno::ENOMSG),
+                    _ => r.phase = Phase::Trailer,
+                }
                 self.next_packet(r)
             }
             Phase::Trailer => {
+                r.cur_class = Class::Other;
                 r.phase = Phase::End;
                 Ok(Some(OutPacket {
                     header: super::wire::trailer(),
@@ -345,14 +496,34 @@ impl SaveSession {
         }
     }
 
+    /// The next dirty VRAM packet: from the batch taken, or, when it is empty, from a new
+    /// batch of marks (taken, so cleared, before the memory is read). `None` when nothing is
+    /// dirty.
+    fn next_dirty(&self, r: &mut Reader) -> Option<OutPacket> {
+        if r.batch.is_empty() {
+            r.batch.extend(self.hw.dirty().take());
+        }
+        let (s, e) = r.batch.pop_front()?;
+        let end = e.min(s + self.params.vram_chunk);
+        if end < e {
+            r.batch.push_front((end, e));
+        }
+        r.cur_class = Class::Dirty;
+        Some(vram_packet(s, end - s))
+    }
+
     /// Whether the whole stream, trailer included, has been read.
     pub(crate) fn finished(&self) -> bool {
         let r = lock(&self.reader);
         r.phase == Phase::End && r.cur.is_none()
     }
 
-    /// Stops the producers, drains the rings and joins the threads.
+    /// Stops the producers, drains the rings and joins the threads; a pre-copy save stops
+    /// dirty tracking.
     pub(crate) fn cancel(&self) {
+        if self.params.pre_copy {
+            self.hw.dirty().stop();
+        }
         {
             let mut g = lock(&self.shared.rings);
             g.cancelled = true;
@@ -365,6 +536,9 @@ impl SaveSession {
     }
 
     pub(crate) fn join(&self) {
+        if self.params.pre_copy {
+            self.hw.dirty().stop();
+        }
         let producers = std::mem::take(&mut *lock(&self.producers));
         for p in producers {
             let _ = p.join();
@@ -475,27 +649,34 @@ fn produce_packets(
     if !ptes.is_empty() && !push(shared, gt, OutPacket::bytes(PacketType::Ggtt, gt, 0, ptes)) {
         return Ok(());
     }
-    // VRAM: views on LMEM, in chunks.
+    // VRAM: views on LMEM, in chunks (a pre-copy save sends it from the reader instead).
+    if p.pre_copy {
+        return Ok(());
+    }
     let size = hw.lmem_size();
     let mut off = 0u64;
     while off < size {
         let len = p.vram_chunk.min(size - off);
-        let h = HeaderRepr {
-            kind: PacketType::Vram,
-            tile: 0,
-            gt,
-            offset: off,
-            size: len,
-        };
-        let pkt = OutPacket {
-            header: h.to_bytes(),
-            size: len,
-            payload: Payload::Lmem(off),
-        };
-        if !push(shared, gt, pkt) {
+        if !push(shared, gt, vram_packet(off, len)) {
             return Ok(());
         }
         off += len;
     }
     Ok(())
+}
+
+/// A VRAM packet: a view on `len` bytes of LMEM at `off` (primary GT).
+fn vram_packet(off: u64, len: u64) -> OutPacket {
+    let h = HeaderRepr {
+        kind: PacketType::Vram,
+        tile: 0,
+        gt: PRIMARY_GT,
+        offset: off,
+        size: len,
+    };
+    OutPacket {
+        header: h.to_bytes(),
+        size: len,
+        payload: Payload::Lmem(off),
+    }
 }

@@ -29,6 +29,12 @@ pub const VERSION: u8 = 1;
 pub const KLV_DEVICE_ID: u16 = 0xF001;
 /// KLV key: PCI revision id.
 pub const KLV_REVISION_ID: u16 = 0xF002;
+/// KLV key (ours, 2 dwords, low first): the VF's LMEM size in bytes. Written in pre-copy
+/// streams, so that a destination refuses an incompatible VF on the first packet, while the
+/// source still runs; an upstream reader skips it like any unknown key.
+pub const KLV_LMEM_SIZE: u16 = 0xE501;
+/// KLV key (ours, 2 dwords, low first): the VF's GGTT size in bytes (4 KiB per PTE).
+pub const KLV_GGTT_SIZE: u16 = 0xE502;
 /// Largest descriptor payload a reader accepts (a descriptor is a handful of KLVs).
 pub const DESCRIPTOR_MAX: u64 = 4096;
 
@@ -108,8 +114,14 @@ pub enum WireError {
     KlvOverrun { key: u16, at: usize },
     #[error("descriptor lacks KLV {0:#06x}")]
     KlvMissing(u16),
-    #[error("KLV {key:#06x} has {len} dwords, expected 1")]
-    KlvLength { key: u16, len: usize },
+    #[error("KLV {key:#06x} has {len} dwords, expected {want}")]
+    KlvLength { key: u16, len: usize, want: usize },
+    #[error("stream is for a VF with {what} of {found:#x} bytes, the target has {want:#x}")]
+    SizeMismatch {
+        what: &'static str,
+        found: u64,
+        want: u64,
+    },
     #[error("stream is for device {found:#06x} rev {found_rev:#04x}, target is {want:#06x} rev {want_rev:#04x}")]
     DeviceMismatch {
         found: u32,
@@ -139,7 +151,7 @@ impl WireError {
     /// stream without its trailer, `EINVAL` for everything else.
     pub fn errno(&self) -> Errno {
         match self {
-            WireError::DeviceMismatch { .. } => Errno::ENODEV,
+            WireError::DeviceMismatch { .. } | WireError::SizeMismatch { .. } => Errno::ENODEV,
             WireError::KlvOverrun { .. } => Errno::ENODATA,
             WireError::NoTrailer => Errno::EIO,
             _ => Errno::EINVAL,
@@ -310,6 +322,10 @@ pub struct Descriptor {
     pub device_id: u32,
     /// PCI revision id, as the KLV carries it (32 bits; compared at full width).
     pub revision: u32,
+    /// The VF's LMEM size ([`KLV_LMEM_SIZE`], ours; pre-copy streams carry it).
+    pub lmem_size: Option<u64>,
+    /// The VF's GGTT size in bytes ([`KLV_GGTT_SIZE`], ours; pre-copy streams carry it).
+    pub ggtt_size: Option<u64>,
     /// Keys this reader does not know, preserved in order (skipped on apply).
     pub unknown: Vec<(u16, Vec<u32>)>,
 }
@@ -321,28 +337,39 @@ impl Descriptor {
             return Err(WireError::DescriptorSize(payload.len() as u64));
         }
         let (mut dev, mut rev) = (None, None);
+        let (mut lmem_size, mut ggtt_size) = (None, None);
         let mut unknown = Vec::new();
         for klv in klvs(payload) {
             let klv = klv?;
-            let one = || -> Result<u32, WireError> {
+            let dwords = |want: usize| -> Result<Vec<u32>, WireError> {
                 let n = klv.value.len() / 4;
-                if n != 1 {
+                if n != want {
                     return Err(WireError::KlvLength {
                         key: klv.key,
                         len: n,
+                        want,
                     });
                 }
-                Ok(klv.dwords().next().unwrap_or(0))
+                Ok(klv.dwords().collect())
+            };
+            let one = || Ok::<u32, WireError>(dwords(1)?[0]);
+            let two = || {
+                let v = dwords(2)?;
+                Ok::<u64, WireError>(u64::from(v[0]) | u64::from(v[1]) << 32)
             };
             match klv.key {
                 KLV_DEVICE_ID => dev = Some(one()?),
                 KLV_REVISION_ID => rev = Some(one()?),
+                KLV_LMEM_SIZE => lmem_size = Some(two()?),
+                KLV_GGTT_SIZE => ggtt_size = Some(two()?),
                 key => unknown.push((key, klv.dwords().collect())),
             }
         }
         Ok(Descriptor {
             device_id: dev.ok_or(WireError::KlvMissing(KLV_DEVICE_ID))?,
             revision: rev.ok_or(WireError::KlvMissing(KLV_REVISION_ID))?,
+            lmem_size,
+            ggtt_size,
             unknown,
         })
     }
@@ -365,6 +392,13 @@ impl Descriptor {
         };
         klv(KLV_DEVICE_ID, &[self.device_id]);
         klv(KLV_REVISION_ID, &[self.revision]);
+        let halves = |v: u64| [v as u32, (v >> 32) as u32];
+        if let Some(v) = self.lmem_size {
+            klv(KLV_LMEM_SIZE, &halves(v));
+        }
+        if let Some(v) = self.ggtt_size {
+            klv(KLV_GGTT_SIZE, &halves(v));
+        }
         for (k, v) in &self.unknown {
             klv(*k, v);
         }

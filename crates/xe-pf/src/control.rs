@@ -398,14 +398,17 @@ impl Control<'_> {
         )
     }
 
-    /// Whether the VF runs on every GT (READY, no operation in progress): what a pre-copy save
-    /// needs to open. `EBUSY` with an operation in progress, `EPERM` otherwise.
-    pub(crate) fn check_running(&self) -> Result<(), Errno> {
+    /// Whether the VF is running or paused on every GT, with no session and no operation in
+    /// progress: what a pre-copy save needs to open (from RUNNING or RUNNING_P2P). `EBUSY`
+    /// with an operation or session in progress, `EPERM` for a stopped VF.
+    pub(crate) fn check_live(&self) -> Result<(), Errno> {
         for g in lock(&self.ctl.gts).iter() {
             match (g.state, g.wip) {
-                (_, Some(_)) => return Err(Errno::EBUSY),
-                (CtlState::Ready, None) => {}
-                _ => return Err(Errno::EPERM),
+                (CtlState::Saving | CtlState::Restoring, _) | (_, Some(_)) => {
+                    return Err(Errno::EBUSY)
+                }
+                (CtlState::Ready | CtlState::Paused, None) => {}
+                (CtlState::Stopped, None) => return Err(Errno::EPERM),
             }
         }
         Ok(())

@@ -59,8 +59,8 @@ pub trait SriovVfio: Send + Sync {
     fn pre_copy_supported(&self) -> bool {
         false
     }
-    /// Opens a pre-copy save of a running VF: the stream starts with the descriptor and the
-    /// whole LMEM, then dirty LMEM, while the VF keeps running.
+    /// Opens a pre-copy save of a running (or paused) VF: the stream starts with the
+    /// descriptor and the whole LMEM, then dirty LMEM, while the VF keeps running.
     fn pre_copy_enter(&self, _vfid: u32) -> Result<(), Errno> {
         Err(Errno::EOPNOTSUPP)
     }
@@ -225,7 +225,7 @@ impl SriovVfio for XePf {
             return Err(Errno::EOPNOTSUPP);
         }
         vf.mig.check_idle()?;
-        self.control(&vf).check_running()?;
+        self.control(&vf).check_live()?;
         let p = SaveParams {
             vfid,
             gt_count: self.gt_count(),

@@ -153,7 +153,7 @@ impl MigrationOps for XeMigration {
             }
             (Resuming, Stop) => xe.resume_data_exit(vfid).map(|()| None),
             // Ours: PRE_COPY, only when offered (the core never walks these arcs otherwise).
-            (Running, PreCopy) => {
+            (Running, PreCopy) | (RunningP2p, PreCopyP2p) => {
                 xe.pre_copy_enter(vfid)?;
                 Ok(Some(DataStream::Save(Box::new(SaveFile(xe.clone(), vfid)))))
             }

@@ -35,8 +35,25 @@ pub fn host(dir: &Path, platform: Platform, vfs: u32, lmem: u64) -> Host {
 
 /// `host`, with the LMEM committed as `commit` says.
 pub fn host_committed(dir: &Path, platform: Platform, vfs: u32, lmem: u64, commit: Commit) -> Host {
+    host_with(dir, platform, vfs, lmem, commit, false)
+}
+
+/// `host`, offering PRE_COPY.
+pub fn host_pre_copy(dir: &Path, platform: Platform, vfs: u32, lmem: u64) -> Host {
+    host_with(dir, platform, vfs, lmem, Commit::Lazy, true)
+}
+
+pub fn host_with(
+    dir: &Path,
+    platform: Platform,
+    vfs: u32,
+    lmem: u64,
+    commit: Commit,
+    pre_copy: bool,
+) -> Host {
     let mut cfg = PfConfig::sized_for(platform, vfs, lmem).unwrap();
     cfg.lmem_commit = commit;
+    cfg.pre_copy = pre_copy;
     let pf = XePf::with_vfs(
         cfg,
         vfs,

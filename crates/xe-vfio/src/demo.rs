@@ -42,6 +42,7 @@ pub fn demo() -> Result<(), CliError> {
         lmem_per_vf: LMEM,
         lmem_commit: Commit::Reserved,
         pre_copy: false,
+        ggtt_per_vf: xe_pf::pf::DEFAULT_VF_GGTT,
     };
     let a = start_host(&spec(2), &dir.path().join("host-a"), &stop, &opts)?;
     let b = start_host(&spec(3), &dir.path().join("host-b"), &stop, &opts)?;

@@ -1,6 +1,7 @@
 //! `xe-vfio`: serve emulated Intel Xe SR-IOV VFs over vfio-user and migrate them.
 
 mod bench;
+mod bench_precopy;
 mod demo;
 mod ops;
 mod remote;
@@ -116,11 +117,23 @@ enum Cmd {
     /// Measure migration throughput, downtime and memory against memcpy and raw-socket
     /// baselines from the same run.
     Bench {
-        /// LMEM sizes to migrate, comma-separated.
-        #[arg(long, default_value = "256M,1G,4G")]
-        sizes: String,
+        /// LMEM sizes to migrate, comma-separated (with --pre-copy: one size, default 4G).
+        #[arg(long)]
+        sizes: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Stop-copy against pre-copy migrations of a busy VF at set dirty rates.
+        #[arg(long)]
+        pre_copy: bool,
+        /// With --pre-copy: the dirty rates, in % of LMEM per second, comma-separated.
+        #[arg(long, default_value = "0,1,5,25,100", requires = "pre_copy")]
+        rates: String,
+        /// With --pre-copy: the pre-copy time limit of each migration.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5s", requires = "pre_copy")]
+        max_precopy: std::time::Duration,
+        /// With --pre-copy: write a plot of downtime against dirty rate (SVG) to this file.
+        #[arg(long, requires = "pre_copy")]
+        plot: Option<PathBuf>,
     },
     /// (internal) The receiving process of the raw-socket baseline.
     #[command(hide = true)]
@@ -182,6 +195,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 lmem_per_vf,
                 lmem_commit,
                 pre_copy,
+                ggtt_per_vf: xe_pf::pf::DEFAULT_VF_GGTT,
             };
             serve::serve(&spec, &socket_dir, max_xfer)
         }
@@ -276,7 +290,30 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         Cmd::Demo => demo::demo(),
-        Cmd::Bench { sizes, json } => bench::bench(&sizes, json),
+        Cmd::Bench {
+            sizes,
+            json,
+            pre_copy: false,
+            ..
+        } => bench::bench(sizes.as_deref().unwrap_or("256M,1G,4G"), json),
+        Cmd::Bench {
+            sizes,
+            json,
+            rates,
+            max_precopy,
+            plot,
+            ..
+        } => {
+            let size = parse_size(sizes.as_deref().unwrap_or("4G")).map_err(CliError::new)?;
+            let rates = rates
+                .split(',')
+                .map(|r| r.trim().parse::<f64>().ok().filter(|r| *r >= 0.0))
+                .collect::<Option<Vec<f64>>>()
+                .ok_or_else(|| {
+                    CliError::new(format!("--rates {rates}: not a list of percentages"))
+                })?;
+            bench_precopy::bench_pre_copy(size, &rates, max_precopy, plot.as_deref(), json)
+        }
         Cmd::BenchSink { path } => bench::sink(&path),
     }
 }

@@ -218,6 +218,19 @@ pub fn migrate(
     pre_copy: Option<PreCopyOpts>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Report, CliError> {
+    migrate_with(src, dst, pre_copy, progress, &mut || {})
+}
+
+/// [`migrate`] for a VMM with a guest: `stop_guest` is called right before the source device
+/// stops (it leaves RUNNING or PRE_COPY), where a VMM stops the vCPUs — nothing of the guest
+/// may touch the device after it. Its time counts as downtime.
+pub fn migrate_with(
+    src: &mut Client,
+    dst: &mut Client,
+    pre_copy: Option<PreCopyOpts>,
+    progress: &mut dyn FnMut(u64, u64),
+    stop_guest: &mut dyn FnMut(),
+) -> Result<Report, CliError> {
     let start = Instant::now();
     let mut s = Dev::open(src, "source")?;
     let mut d = Dev::open(dst, "destination")?;
@@ -240,7 +253,6 @@ pub fn migrate(
         return Err(e);
     }
     let estimate = s.data_size.unwrap_or(0);
-    let t0 = Instant::now();
     // Splice into an xe-vfio server, which reads a message body in as many pieces as it
     // arrives in; any other destination gets each MIG_DATA_WRITE whole, in one sendmsg
     // (libvfio-user reads a body with one recv).
@@ -250,7 +262,6 @@ pub fn migrate(
         Relay::copying()
     };
     let mut pre = None;
-    let mut t0 = t0;
     if let Some(opts) = pre_copy {
         match pre_copy_rounds(&mut s, &mut d, &mut relay, opts, progress) {
             Ok(r) => pre = Some(r),
@@ -261,11 +272,12 @@ pub fn migrate(
                 return Err(e);
             }
         }
-        // Downtime starts now: the source leaves PRE_COPY.
-        t0 = Instant::now();
     }
     let base = pre.as_ref().map_or(0, |p| p.precopy_bytes);
     let mut progress_after = |done: u64, est: u64| progress(base + done, base + est);
+    // Downtime starts here: the guest stops, then the source leaves RUNNING (or PRE_COPY).
+    let t0 = Instant::now();
+    stop_guest();
     match copy_stream(&mut s, &mut d, &mut relay, estimate, &mut progress_after) {
         Ok((bytes, transfer)) => Ok(Report {
             bytes: base + bytes,

@@ -28,6 +28,8 @@ pub struct HostSpec {
     pub lmem_commit: Commit,
     /// Offer PRE_COPY (migration flags 0x7; BAR2 then has no mmap: every access traps).
     pub pre_copy: bool,
+    /// GGTT of each VF, bytes.
+    pub ggtt_per_vf: u64,
 }
 
 /// Builds a PF as `spec` says and serves its VFs under `dir`.
@@ -43,6 +45,7 @@ pub fn start_host(
         lmem_per_vf,
         lmem_commit,
         pre_copy,
+        ggtt_per_vf,
     } = spec;
     let lmem = if platform.has_vram() { lmem_per_vf } else { 0 };
     if lmem_commit == Commit::Reserved {
@@ -54,7 +57,7 @@ pub fn start_host(
     cfg.pre_copy = pre_copy;
     let prov = VfProvision {
         lmem,
-        ggtt: xe_pf::pf::DEFAULT_VF_GGTT,
+        ggtt: ggtt_per_vf,
     };
     let pf = XePf::with_vfs(cfg, vfs, prov).map_err(|e| {
         let err = CliError::new(format!(
@@ -142,6 +145,7 @@ pub fn serve(spec: &HostSpec, dir: &Path, max_xfer: u32) -> Result<(), CliError>
         lmem_per_vf,
         lmem_commit,
         pre_copy,
+        ..
     } = *spec;
     if vfs == 0 || vfs > 63 {
         return Err(CliError::new(format!(

@@ -55,7 +55,7 @@ fn prefix() -> &'static [u8] {
         xe_pf::migration::wire::Descriptor {
             device_id: Platform::Bmg.default_device_id().into(),
             revision: Platform::Bmg.default_revision().into(),
-            unknown: vec![],
+            ..Default::default()
         }
         .packet()
     })

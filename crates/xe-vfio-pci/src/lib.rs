@@ -12,7 +12,7 @@
 //! | open / close | migration state RUNNING / reset (streams disabled) |
 //! | reset_prepare | `flr_prepare(vfid)` |
 //! | reset_done | `wait_flr_done(vfid)` (failure only logged), then the core's deferred reset |
-//! | step | the arc table of SPEC §2, nothing more |
+//! | step | the arc table of SPEC §2, nothing more; with a PF that tracks dirty LMEM (ours) also the PRE_COPY arcs |
 //! | refused | `error(vfid)`: the PF stops the VF until an FLR |
 //! | data_size | `stop_copy_size(vfid)` (an errno stays an errno) |
 //!

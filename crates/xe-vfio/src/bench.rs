@@ -336,7 +336,8 @@ fn spawn_serve(dir: &Path, lmem: u64) -> Result<ServeChild, CliError> {
     Ok(ServeChild(c))
 }
 
-fn status(pid: u32, field: &str) -> u64 {
+/// A `/proc/PID/status` field in bytes (0 when absent).
+pub(crate) fn status(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vfio_core::Errno;
 use vfio_user::{Client, ServerOptions};
-use xe_guest::{GuestAccess, Job, Rng, Workload};
+use xe_guest::{DirectAccess, GuestAccess, Job, Rng, Workload};
 use xe_pf::hw::mem::Commit;
 use xe_pf::hw::VfHw;
 use xe_pf::Platform;
@@ -43,18 +43,17 @@ struct Tracked(Arc<VfHw>);
 
 impl GuestAccess for Tracked {
     fn mmio_read32(&self, off: u64) -> Result<u32, Errno> {
-        let mut b = [0u8; 4];
-        self.0.mmio_read(off, &mut b)?;
-        Ok(u32::from_le_bytes(b))
+        DirectAccess(self.0.clone()).mmio_read32(off)
     }
     fn mmio_write32(&self, off: u64, v: u32) -> Result<(), Errno> {
-        self.0.mmio_write(off, &v.to_le_bytes())
+        DirectAccess(self.0.clone()).mmio_write32(off, v)
     }
+    /// Through the device, unlike `DirectAccess`: marked dirty.
     fn mem_write(&self, _lmem: bool, addr: u64, data: &[u8]) -> Result<(), Errno> {
         self.0.lmem_write(addr, data)
     }
-    fn mem_read(&self, _lmem: bool, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        self.0.lmem().ok_or(Errno::ENODEV)?.read(addr, buf)
+    fn mem_read(&self, lmem: bool, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        DirectAccess(self.0.clone()).mem_read(lmem, addr, buf)
     }
 }
 
@@ -122,17 +121,9 @@ impl Dirtier {
     }
 }
 
+/// A field of this process's `/proc/self/status`, in bytes.
 fn status(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
+    crate::bench::status(std::process::id(), field)
 }
 
 fn host(dir: &Path, size: u64, stop: &Arc<AtomicBool>) -> Result<(Host, Client), CliError> {

@@ -391,13 +391,18 @@ fn pre_copy_rounds(
 /// MIG_PRECOPY_INFO of a source in PRE_COPY.
 fn precopy_info(s: &mut Dev<'_>) -> Result<(u64, u64), CliError> {
     let who = s.who;
-    let (_, initial, dirty) = s.c.precopy_info(0).map_err(|e| {
-        let in_step = e.in_step();
-        let mut err = CliError::new(format!("{who}: reading MIG_PRECOPY_INFO")).cause(e);
-        err.in_step = in_step;
-        err
-    })?;
+    let (_, initial, dirty) =
+        s.c.precopy_info(0)
+            .map_err(|e| client_failure(format!("{who}: reading MIG_PRECOPY_INFO"), e))?;
     Ok((initial, dirty))
+}
+
+/// A client call failed: `what` with the cause, and whether the connection is still in step.
+fn client_failure(what: String, e: ClientError) -> CliError {
+    let in_step = e.in_step();
+    let mut err = CliError::new(what).cause(e);
+    err.in_step = in_step;
+    err
 }
 
 fn copy_stream(
@@ -453,11 +458,10 @@ fn read_stream(
                 break;
             }
             Err(e) => {
-                let in_step = e.in_step();
-                let mut err =
-                    CliError::new(format!("reading migration data at byte {total}")).cause(e);
-                err.in_step = in_step;
-                return Err(err);
+                return Err(client_failure(
+                    format!("reading migration data at byte {total}"),
+                    e,
+                ))
             }
         };
         if n == 0 {
@@ -521,11 +525,7 @@ pub fn restore(
                 break;
             }
             d.c.mig_data_write(&buf[..n]).map_err(|e| {
-                let in_step = e.in_step();
-                let mut err =
-                    CliError::new(format!("writing migration data at byte {total}")).cause(e);
-                err.in_step = in_step;
-                err
+                client_failure(format!("writing migration data at byte {total}"), e)
             })?;
             total += n as u64;
             progress(total, len);

@@ -65,6 +65,27 @@ pub struct Relay {
     buf: Vec<u8>,
     /// After a failed run: whether each connection (source, destination) is still in step.
     in_step: (bool, bool),
+    /// Bytes per second at most ([`Relay::set_max_bandwidth`]), and this run's pace so far.
+    pace: Option<Pace>,
+}
+
+/// A bandwidth cap: each run sends no faster than `rate` bytes per second, measured from its
+/// start (a run does not bank the time between runs).
+struct Pace {
+    rate: u64,
+    start: std::time::Instant,
+    sent: u64,
+}
+
+impl Pace {
+    /// `n` more bytes were sent: sleep until the cap allows them.
+    fn account(&mut self, n: usize) {
+        self.sent += n as u64;
+        let due = std::time::Duration::from_secs_f64(self.sent as f64 / self.rate as f64);
+        if let Some(wait) = due.checked_sub(self.start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
 }
 
 /// A relay failure, and whether the source's and the destination's connections are in step.
@@ -96,6 +117,7 @@ impl Relay {
             mover,
             buf: Vec::new(),
             in_step: (true, true),
+            pace: None,
         }
     }
 
@@ -105,6 +127,7 @@ impl Relay {
             mover: Mover::Copy,
             buf: Vec::new(),
             in_step: (true, true),
+            pace: None,
         }
     }
 
@@ -114,6 +137,17 @@ impl Relay {
     /// ([`Client::reconnect`]) before anything else is asked of it.
     pub fn in_step(&self) -> (bool, bool) {
         self.in_step
+    }
+
+    /// Caps the data rate at `bytes_per_s` (`None`: as fast as the peers go), as QEMU's
+    /// `max-bandwidth` migration parameter does: a migration that must share a link, or a
+    /// slower link modelled on a fast one.
+    pub fn set_max_bandwidth(&mut self, bytes_per_s: Option<u64>) {
+        self.pace = bytes_per_s.filter(|&r| r > 0).map(|rate| Pace {
+            rate,
+            start: std::time::Instant::now(),
+            sent: 0,
+        });
     }
 
     /// Whether data is spliced (false once the kernel refused and the relay fell back).
@@ -166,6 +200,10 @@ impl Relay {
         progress: &mut dyn FnMut(u64),
     ) -> Result<u64, RelayError> {
         self.in_step = (true, true);
+        if let Some(p) = &mut self.pace {
+            p.start = std::time::Instant::now();
+            p.sent = 0;
+        }
         let mut p = Pipeline {
             want: src.max_xfer().min(dst.max_xfer()) as usize,
             relay: self,
@@ -392,7 +430,11 @@ impl Pipeline<'_> {
                 .relay
                 .pass_message(self.src.socket(), self.dst.socket(), &head, n)
             {
-                Ok(()) => {}
+                Ok(()) => {
+                    if let Some(p) = &mut self.relay.pace {
+                        p.account(n);
+                    }
+                }
                 Err(Side::Src(e)) => {
                     return Err((RelayError::Source { at, err: e.into() }, false, false));
                 }

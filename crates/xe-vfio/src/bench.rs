@@ -389,7 +389,7 @@ fn over_vfio_user(dir: &Path, lmem: u64) -> Result<(Vec<VfioUserRun>, u64, u64),
         for p in [ps, pd] {
             let _ = std::fs::write(format!("/proc/{p}/clear_refs"), "5");
         }
-        let r = ops::migrate(src, dst, None, &mut |_, _| {})?;
+        let r = ops::migrate(src, dst, ops::MigrateOpts::default(), &mut |_, _| {})?;
         runs.push(VfioUserRun {
             direction,
             gib_s: gib_s(r.bytes, Duration::from_secs_f64(r.transfer_seconds)),

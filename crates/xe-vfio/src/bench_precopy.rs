@@ -5,8 +5,10 @@
 //! offered) on a UNIX socket; this process is the orchestrator (`ops::migrate`, the code of
 //! `xe-vfio migrate`) and the guest. The guest maps `MAPPED` bytes of LMEM through its GGTT
 //! (the engine addresses 32 bits of GGTT, so not all of a 4 GiB LMEM) and keeps the engine
-//! busy with FILL jobs of 64 KiB on random 64 KiB blocks of it, paced to dirty `rate` % of the
-//! LMEM size per second. Its ring writes go through the device (tracked, as BAR2 region
+//! busy with FILL jobs on random 64 KiB blocks of it, paced to dirty `rate` % of the LMEM size
+//! per second: one block per job up to 4096 jobs a second, several contiguous blocks per job
+//! above (so the fastest rates dirty faster than the link drains, and pre-copy cannot
+//! converge). Its ring writes go through the device (tracked, as BAR2 region
 //! writes are). For each rate, a stop-copy migration and a pre-copy one (`--max-downtime
 //! 50ms`), back and forth between the hosts; after each the guest does its GGTT fixups on the
 //! destination and goes on there. At the end, the guest's data is checked against its
@@ -35,6 +37,18 @@ use xe_pf::Platform;
 const MAPPED: u32 = 1 << 30;
 /// The dirtied block.
 const BLOCK: u32 = 64 << 10;
+/// Jobs per second the guest submits at most; faster rates take several contiguous blocks per
+/// FILL job (the engine's per-job cost, not its fill speed, would otherwise cap the rate).
+const MAX_JOBS_PER_S: f64 = 4096.0;
+
+/// Work the guest keeps queued at most, in bytes of FILL.
+const IN_FLIGHT: u64 = 32 << 20;
+
+/// Blocks per FILL job for `bytes_per_s`.
+fn blocks_per_job(bytes_per_s: f64) -> u32 {
+    let jobs = bytes_per_s / f64::from(BLOCK);
+    ((jobs / MAX_JOBS_PER_S).ceil() as u32).clamp(1, 256)
+}
 
 /// The guest's access to its VF in this process: registers, and LMEM writes through the device
 /// (tracked for PRE_COPY, like BAR2 region writes).
@@ -62,6 +76,8 @@ impl GuestAccess for Tracked {
 pub struct Run {
     /// Dirty rate asked for, in % of LMEM per second.
     pub rate_pct_s: f64,
+    /// The link's cap in bytes per second (`None`: as fast as the hosts go).
+    pub link_bytes_s: Option<u64>,
     pub mode: &'static str,
     pub downtime_ms: f64,
     pub total_seconds: f64,
@@ -86,14 +102,22 @@ impl Dirtier {
         let thread = std::thread::spawn(move || {
             let mut rng = Rng::new(seed);
             let t = Instant::now();
+            let k = blocks_per_job(bytes_per_s);
+            let len = k * BLOCK;
             let mut queued = 0u64;
             while !flag.load(Ordering::Relaxed) && bytes_per_s > 0.0 {
-                let due = (t.elapsed().as_secs_f64() * bytes_per_s / f64::from(BLOCK)) as u64;
+                let due = (t.elapsed().as_secs_f64() * bytes_per_s / f64::from(len)) as u64;
                 let before = queued;
                 while queued < due {
+                    // At most IN_FLIGHT bytes of work queued: a guest does not queue seconds of
+                    // it (and its model applies each job as it is queued).
+                    match w.in_flight() {
+                        Ok(n) if u64::from(n) * u64::from(len) < IN_FLIGHT => {}
+                        _ => break,
+                    }
                     let job = Job::Fill {
-                        dst: rng.below(MAPPED / BLOCK) * BLOCK,
-                        len: BLOCK,
+                        dst: rng.below(MAPPED / BLOCK - (k - 1)) * BLOCK,
+                        len,
                         pattern: rng.next_u64() as u32,
                     };
                     // A full ring (the VF is stopped): the guest waits, as a real one would.
@@ -108,7 +132,7 @@ impl Dirtier {
                 // Pacing: a millisecond's worth of jobs at a time.
                 std::thread::sleep(Duration::from_millis(1));
             }
-            (w, queued * u64::from(BLOCK))
+            (w, queued * u64::from(len))
         });
         Dirtier { stop, thread }
     }
@@ -146,6 +170,7 @@ pub fn bench_pre_copy(
     size: u64,
     rates: &[f64],
     max_precopy: Duration,
+    link: Option<u64>,
     plot: Option<&Path>,
     json: bool,
 ) -> Result<(), CliError> {
@@ -181,7 +206,12 @@ pub fn bench_pre_copy(
     };
     let mut runs = Vec::new();
     let mut at = 0usize;
-    for &rate in rates {
+    // Every rate at full speed, then the fastest once more over the capped link.
+    let mut cases: Vec<(f64, Option<u64>)> = rates.iter().map(|&r| (r, None)).collect();
+    if let (Some(l), Some(&top)) = (link, rates.iter().max_by(|a, b| a.total_cmp(b))) {
+        cases.push((top, Some(l)));
+    }
+    for (rate, link) in cases {
         for pre in [false, true] {
             let bytes_per_s = rate / 100.0 * size as f64;
             let mut dirtier = Some(Dirtier::start(w, bytes_per_s, runs.len() as u64 + 1));
@@ -195,13 +225,11 @@ pub fn bench_pre_copy(
             };
             // The vCPUs stop before the source device does: the guest's last write is done.
             let mut stop_guest = || parked = dirtier.take().map(Dirtier::finish);
-            let r = ops::migrate_with(
-                src,
-                dst,
-                pre.then_some(opts),
-                &mut |_, _| {},
-                &mut stop_guest,
-            );
+            let mig = ops::MigrateOpts {
+                pre_copy: pre.then_some(opts),
+                max_bandwidth: link,
+            };
+            let r = ops::migrate_with(src, dst, mig, &mut |_, _| {}, &mut stop_guest);
             let growth = status("VmHWM").saturating_sub(rss);
             let (back, dirtied) = match parked.or_else(|| dirtier.take().map(Dirtier::finish)) {
                 Some(p) => p?,
@@ -219,6 +247,7 @@ pub fn bench_pre_copy(
             let p = r.pre_copy.as_ref();
             let run = Run {
                 rate_pct_s: rate,
+                link_bytes_s: link,
                 mode: if pre { "pre-copy" } else { "stop-copy" },
                 downtime_ms: r.downtime_ms,
                 total_seconds: r.total_seconds,
@@ -230,8 +259,9 @@ pub fn bench_pre_copy(
             };
             if !json {
                 eprintln!(
-                    "  {:>5.1} %/s {:>9}: downtime {:>7.1} ms, total {:>6.3} s, {:>3} rounds, {}{}",
+                    "  {:>5.1} %/s{} {:>9}: downtime {:>7.1} ms, total {:>6.3} s, {:>3} rounds, {}{}",
                     rate,
+                    link.map_or(String::new(), |l| format!(" over {}/s", human(l))),
                     run.mode,
                     run.downtime_ms,
                     run.total_seconds,
@@ -256,7 +286,7 @@ pub fn bench_pre_copy(
         let v = serde_json::json!({ "lmem_bytes": size, "runs": runs, "verified": true });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
-        print_table(size, &runs);
+        print_table(size, &runs, max_precopy);
     }
     if let Some(p) = plot {
         write_plot(p, size, &runs)?;
@@ -265,24 +295,30 @@ pub fn bench_pre_copy(
     Ok(())
 }
 
-fn print_table(size: u64, runs: &[Run]) {
+fn print_table(size: u64, runs: &[Run], max_precopy: Duration) {
     println!(
-        "pre-copy, {} LMEM (BMG VF, reserved), {} mapped and dirtied by FILL jobs on 64 KiB blocks; budget 50 ms",
+        "pre-copy, {} LMEM (BMG VF, reserved), {} mapped and dirtied by FILL jobs on 64 KiB blocks; budget 50 ms, max-precopy {:.1} s",
         human(size),
-        human(u64::from(MAPPED))
+        human(u64::from(MAPPED)),
+        max_precopy.as_secs_f64()
     );
     println!("guest data verified against its reference model after all runs");
     println!(
-        "  dirty %/s (achieved) | stop-copy: downtime   total |  pre-copy: downtime   total rounds   sent   conv | downtime ×sc  total ×sc | peak RSS+"
+        "  dirty %/s (achieved) link     | stop-copy: downtime   total |  pre-copy: downtime   total rounds   sent   conv | downtime ×sc  total ×sc | peak RSS+"
     );
     let achieved =
         |r: &Run| r.dirtied_bytes as f64 / size as f64 / r.total_seconds.max(1e-9) * 100.0;
+    let mut late = Vec::new();
     for pair in runs.chunks(2) {
         let [s, p] = pair else { continue };
+        let link = p
+            .link_bytes_s
+            .map_or("full".to_string(), |l| format!("{}/s", human(l)));
         println!(
-            "  {:>9.1} ({:>6.1}) | {:>17.1} ms {:>5.2} s | {:>17.1} ms {:>5.2} s {:>6} {:>9} {:>5} | {:>11.3} {:>10.2} | {} / {}",
+            "  {:>9.1} ({:>6.1}) {:>9} | {:>17.1} ms {:>5.2} s | {:>17.1} ms {:>5.2} s {:>6} {:>9} {:>5} | {:>11.3} {:>10.2} | {} / {}",
             s.rate_pct_s,
             achieved(p),
+            link,
             s.downtime_ms,
             s.total_seconds,
             p.downtime_ms,
@@ -295,6 +331,20 @@ fn print_table(size: u64, runs: &[Run]) {
             human(s.peak_rss_growth),
             human(p.peak_rss_growth),
         );
+        if p.converged == Some(false) {
+            let bound = max_precopy.as_secs_f64() + s.total_seconds;
+            late.push(format!(
+                "  {:.1} %/s over {link}: not converged; ended after {:.2} s {} max-precopy {:.1} s + stop-copy {:.2} s",
+                p.rate_pct_s,
+                p.total_seconds,
+                if p.total_seconds <= bound { "≤" } else { "> (LATE)" },
+                max_precopy.as_secs_f64(),
+                s.total_seconds
+            ));
+        }
+    }
+    for l in late {
+        println!("{l}");
     }
 }
 
@@ -327,7 +377,7 @@ fn write_plot(path: &Path, size: u64, runs: &[Run]) -> Result<(), CliError> {
     for (mode, color) in [("stop-copy", RED), ("pre-copy", BLUE)] {
         let pts: Vec<(f64, f64)> = runs
             .iter()
-            .filter(|r| r.mode == mode)
+            .filter(|r| r.mode == mode && r.link_bytes_s.is_none())
             .map(|r| (r.rate_pct_s, r.downtime_ms))
             .collect();
         chart
@@ -338,6 +388,25 @@ fn write_plot(path: &Path, size: u64, runs: &[Run]) -> Result<(), CliError> {
         chart
             .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))
             .map_err(|e| err(&e))?;
+    }
+    // The capped-link runs: markers only, labelled with the cap.
+    for (mode, color) in [("stop-copy", RED), ("pre-copy", BLUE)] {
+        let capped: Vec<&Run> = runs
+            .iter()
+            .filter(|r| r.mode == mode && r.link_bytes_s.is_some())
+            .collect();
+        let Some(link) = capped.first().and_then(|r| r.link_bytes_s) else {
+            continue;
+        };
+        chart
+            .draw_series(
+                capped
+                    .iter()
+                    .map(|r| TriangleMarker::new((r.rate_pct_s, r.downtime_ms), 7, color.filled())),
+            )
+            .map_err(|e| err(&e))?
+            .label(format!("{mode}, link capped at {}/s", human(link)))
+            .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, color.filled()));
     }
     chart
         .draw_series(LineSeries::new(

@@ -88,6 +88,10 @@ enum Cmd {
         /// running) instead of switching over anyway.
         #[arg(long, requires = "pre_copy")]
         strict: bool,
+        /// Relay at most this many bytes per second (e.g. 1G: 1 GiB/s), as QEMU's
+        /// max-bandwidth: to share a link, or to model a slower one.
+        #[arg(long, value_parser = parse_size)]
+        max_bandwidth: Option<u64>,
     },
     /// Save a VF's migration stream to a file (the VF runs again afterwards).
     Save {
@@ -131,6 +135,10 @@ enum Cmd {
         /// With --pre-copy: the pre-copy time limit of each migration.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "5s", requires = "pre_copy")]
         max_precopy: std::time::Duration,
+        /// With --pre-copy: the fastest rate once more, over a link capped at this many bytes
+        /// per second (a VF that dirties faster than the link drains; 0: skip).
+        #[arg(long, value_parser = parse_size, default_value = "1G", requires = "pre_copy")]
+        link: u64,
         /// With --pre-copy: write a plot of downtime against dirty rate (SVG) to this file.
         #[arg(long, requires = "pre_copy")]
         plot: Option<PathBuf>,
@@ -207,15 +215,19 @@ fn run(cli: Cli) -> Result<(), CliError> {
             max_downtime,
             max_precopy,
             strict,
+            max_bandwidth,
         } => {
             let mut src = connect(&from, cli.timeout)?;
             let mut dst = connect(&to, cli.timeout)?;
             let pb = progress_bar(0);
-            let opts = pre_copy.then_some(ops::PreCopyOpts {
-                max_downtime,
-                max_precopy,
-                strict,
-            });
+            let opts = ops::MigrateOpts {
+                pre_copy: pre_copy.then_some(ops::PreCopyOpts {
+                    max_downtime,
+                    max_precopy,
+                    strict,
+                }),
+                max_bandwidth,
+            };
             let r = ops::migrate(&mut src, &mut dst, opts, &mut |done, est| {
                 pb.set_length(est.max(done));
                 pb.set_position(done);
@@ -301,6 +313,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             json,
             rates,
             max_precopy,
+            link,
             plot,
             ..
         } => {
@@ -312,7 +325,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 .ok_or_else(|| {
                     CliError::new(format!("--rates {rates}: not a list of percentages"))
                 })?;
-            bench_precopy::bench_pre_copy(size, &rates, max_precopy, plot.as_deref(), json)
+            let link = (link > 0).then_some(link);
+            bench_precopy::bench_pre_copy(size, &rates, max_precopy, link, plot.as_deref(), json)
         }
         Cmd::BenchSink { path } => bench::sink(&path),
     }
@@ -360,6 +374,9 @@ fn print_report(r: &ops::Report, from: &std::path::Path, to: &std::path::Path) {
         "  transfer    {:.3} s stop-copy, {:.0} MiB/s; total {:.3} s",
         r.transfer_seconds, r.throughput_mib_s, r.total_seconds
     );
+    if let Some(b) = r.max_bandwidth {
+        println!("  bandwidth   capped at {}/s (--max-bandwidth)", human(b));
+    }
     println!(
         "  downtime    {:.1} ms (source leaving RUNNING or PRE_COPY → destination RUNNING)",
         r.downtime_ms

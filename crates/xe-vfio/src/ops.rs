@@ -19,7 +19,10 @@
 //! measured so far; once the initial data is sent and the estimate fits `max_downtime`, the
 //! source stops (PRE_COPY → PRE_COPY_P2P → STOP_COPY) and the rest is relayed as in a
 //! stop-copy migration. If it has not converged by `max_precopy`, the switch happens anyway
-//! (the report says so) or, with `strict`, the migration aborts.
+//! (the report says so) or, with `strict`, the migration aborts. A round never runs past
+//! `max_precopy`: the first is at most [`PROBE_ROUND_BYTES`] (it measures the link) or what
+//! the bandwidth cap sends in that time, later ones at most what the measured throughput
+//! sends in the time left.
 //!
 //! Any failure aborts: the source goes back to RUNNING with its state intact, the destination
 //! is reset, and the error says what state each is in. A connection that broke in the middle
@@ -51,6 +54,18 @@ pub struct Report {
     /// Present for a pre-copy migration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pre_copy: Option<PreCopyReport>,
+    /// The bandwidth cap, bytes per second, if one was set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bandwidth: Option<u64>,
+}
+
+/// How a migration runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MigrateOpts {
+    /// Pre-copy, with these limits (the source must offer PRE_COPY); `None`: stop-copy.
+    pub pre_copy: Option<PreCopyOpts>,
+    /// Relay no faster than this many bytes per second (QEMU's `max-bandwidth`).
+    pub max_bandwidth: Option<u64>,
 }
 
 /// How a pre-copy migration decides to switch over.
@@ -93,6 +108,9 @@ pub struct PreCopyReport {
 /// Stop-copy bytes that are not dirty VRAM (GUC, MMIO and GGTT packets, trailer), allowed for
 /// in the downtime estimate: a few hundred KiB on these VFs, rounded up.
 pub const FIXED_STOP_COPY_BYTES: u64 = 1 << 20;
+
+/// Bytes of the first pre-copy round, sent before any throughput is known.
+pub const PROBE_ROUND_BYTES: u64 = 64 << 20;
 
 /// One device being driven: its client, its migration flags, and the state it is in as far as
 /// our requests know.
@@ -211,14 +229,14 @@ fn relay_error(e: RelayError) -> CliError {
 }
 
 /// Live-migrates the device behind `src` into the device behind `dst`, with pre-copy when
-/// `pre_copy` is given. `progress(done, estimate)` is called after every chunk.
+/// `opts.pre_copy` is given. `progress(done, estimate)` is called after every chunk.
 pub fn migrate(
     src: &mut Client,
     dst: &mut Client,
-    pre_copy: Option<PreCopyOpts>,
+    opts: MigrateOpts,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Report, CliError> {
-    migrate_with(src, dst, pre_copy, progress, &mut || {})
+    migrate_with(src, dst, opts, progress, &mut || {})
 }
 
 /// [`migrate`] for a VMM with a guest: `stop_guest` is called right before the source device
@@ -227,10 +245,14 @@ pub fn migrate(
 pub fn migrate_with(
     src: &mut Client,
     dst: &mut Client,
-    pre_copy: Option<PreCopyOpts>,
+    opts: MigrateOpts,
     progress: &mut dyn FnMut(u64, u64),
     stop_guest: &mut dyn FnMut(),
 ) -> Result<Report, CliError> {
+    let MigrateOpts {
+        pre_copy,
+        max_bandwidth,
+    } = opts;
     let start = Instant::now();
     let mut s = Dev::open(src, "source")?;
     let mut d = Dev::open(dst, "destination")?;
@@ -261,9 +283,10 @@ pub fn migrate_with(
     } else {
         Relay::copying()
     };
+    relay.set_max_bandwidth(max_bandwidth);
     let mut pre = None;
     if let Some(opts) = pre_copy {
-        match pre_copy_rounds(&mut s, &mut d, &mut relay, opts, progress) {
+        match pre_copy_rounds(&mut s, &mut d, &mut relay, opts, max_bandwidth, progress) {
             Ok(r) => pre = Some(r),
             Err((mut e, (src_ok, dst_ok))) => {
                 let src_note = s.resume_source(src_ok);
@@ -292,6 +315,7 @@ pub fn migrate_with(
                 p.stop_copy_bytes = bytes;
                 p
             }),
+            max_bandwidth,
         }),
         Err((mut e, (src_ok, dst_ok))) => {
             // Abort: the source keeps its state and runs again; the destination is reset.
@@ -313,6 +337,7 @@ fn pre_copy_rounds(
     d: &mut Dev<'_>,
     relay: &mut Relay,
     opts: PreCopyOpts,
+    bandwidth: Option<u64>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<PreCopyReport, (CliError, InStep)> {
     let src_err = |e: CliError| {
@@ -361,7 +386,19 @@ fn pre_copy_rounds(
             }
             break;
         }
-        let limit = (initial + dirty).max(1);
+        // At most what fits in the time left, so the switch is not late by a round (before
+        // any throughput is measured, the bandwidth cap is the only rate known).
+        let left = opts.max_precopy.saturating_sub(t.elapsed()).as_secs_f64();
+        let known = if report.precopy_bytes == 0 {
+            bandwidth.map(|b| b as f64)
+        } else {
+            Some(rate)
+        };
+        let fits = match known {
+            Some(r) => ((r * left) as u64).max(1 << 20),
+            None => PROBE_ROUND_BYTES,
+        };
+        let limit = (initial + dirty).min(fits).max(1);
         let base = report.precopy_bytes;
         let r0 = Instant::now();
         let moved = relay

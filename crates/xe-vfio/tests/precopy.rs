@@ -418,6 +418,54 @@ fn migrate_pre_copy_that_cannot_converge() {
     assert!(lmem_bytes(&dh) == pattern(8 << 20, 5));
 }
 
+/// `--max-bandwidth` paces the relay (a lower bound on the time, which cannot flake), and a
+/// pre-copy round never runs past `--max-precopy`: on a slow link the switch comes in the
+/// middle of the initial data, and the stop-copy sends the rest — the destination is whole.
+#[test]
+fn a_capped_link_paces_the_migration_and_bounds_the_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = host_pre_copy(&dir.path().join("a"), Platform::Bmg, 1, 8 * MIB);
+    let b = host(&dir.path().join("b"), Platform::Bmg, 1, 8 * MIB);
+    let sh = a.pf.vf(1).unwrap().hw.clone();
+    sh.lmem().unwrap().write(0, &pattern(8 << 20, 9)).unwrap();
+    let (from, to) = (
+        a.sockets[0].to_str().unwrap(),
+        b.sockets[0].to_str().unwrap(),
+    );
+    let out = xe_vfio(&[
+        "migrate",
+        "--from",
+        from,
+        "--to",
+        to,
+        "--pre-copy",
+        "--max-precopy",
+        "200ms",
+        "--max-bandwidth",
+        "16M",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["max_bandwidth"], 16 * MIB);
+    // 8 MiB and more at 16 MiB/s: half a second at least.
+    assert!(r["total_seconds"].as_f64().unwrap() >= 0.5, "{r}");
+    let p = &r["pre_copy"];
+    assert_eq!(p["converged"], false);
+    // Rounds sized to the time left: 16 MiB/s × 0.2 s, plus at most one 1 MiB floor.
+    let sent = p["precopy_bytes"].as_u64().unwrap();
+    assert!(sent > 0 && sent <= 16 * MIB / 5 + 2 * MIB, "{p}");
+    let last = p["rounds"].as_array().unwrap().last().unwrap().clone();
+    assert!(last["initial_bytes_after"].as_u64().unwrap() > 0, "{p}");
+    assert_eq!(r["destination_state"], "RUNNING");
+    let dh = b.pf.vf(1).unwrap().hw.clone();
+    assert!(lmem_bytes(&dh) == pattern(8 << 20, 9));
+}
+
 /// A busy VF — jobs queued and running while pre-copy starts, LMEM and registers set — moved
 /// with `xe-vfio migrate --pre-copy` between two `serve` processes; verified on the
 /// destination bit for bit over vfio-user, and its queued jobs complete after the fixups.

@@ -150,6 +150,22 @@ impl Relay {
         });
     }
 
+    /// For a caller moving data itself under this relay's bandwidth cap: a run starts now.
+    pub fn pace_start(&mut self) {
+        if let Some(p) = &mut self.pace {
+            p.start = std::time::Instant::now();
+            p.sent = 0;
+        }
+    }
+
+    /// For a caller moving data itself: `n` more bytes were sent; sleeps until the cap allows
+    /// them.
+    pub fn paced(&mut self, n: usize) {
+        if let Some(p) = &mut self.pace {
+            p.account(n);
+        }
+    }
+
     /// Whether data is spliced (false once the kernel refused and the relay fell back).
     pub fn splicing(&self) -> bool {
         matches!(self.mover, Mover::Splice { .. })
@@ -200,10 +216,7 @@ impl Relay {
         progress: &mut dyn FnMut(u64),
     ) -> Result<u64, RelayError> {
         self.in_step = (true, true);
-        if let Some(p) = &mut self.pace {
-            p.start = std::time::Instant::now();
-            p.sent = 0;
-        }
+        self.pace_start();
         let mut p = Pipeline {
             want: src.max_xfer().min(dst.max_xfer()) as usize,
             relay: self,
@@ -430,11 +443,7 @@ impl Pipeline<'_> {
                 .relay
                 .pass_message(self.src.socket(), self.dst.socket(), &head, n)
             {
-                Ok(()) => {
-                    if let Some(p) = &mut self.relay.pace {
-                        p.account(n);
-                    }
-                }
+                Ok(()) => self.relay.paced(n),
                 Err(Side::Src(e)) => {
                     return Err((RelayError::Source { at, err: e.into() }, false, false));
                 }

@@ -115,7 +115,12 @@ fn run(src_sock: &std::path::Path, dst_sock: &std::path::Path) -> Result<(), Cli
     let report = {
         let mut s = src.lock().unwrap_or_else(|p| p.into_inner());
         let mut d = dst.lock().unwrap_or_else(|p| p.into_inner());
-        ops::migrate(&mut s, &mut d, ops::MigrateOpts::default(), &mut |_, _| {})?
+        ops::migrate(
+            &mut *s,
+            &mut *d,
+            ops::MigrateOpts::default(),
+            &mut |_, _| {},
+        )?
     };
     let in_flight = w.in_flight().unwrap_or(0);
     step(

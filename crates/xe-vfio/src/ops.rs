@@ -28,12 +28,14 @@
 //! is reset, and the error says what state each is in. A connection that broke in the middle
 //! of a message (a socket or protocol error) is never reused: it is reopened first.
 
+use crate::endpoint::{Endpoint, EpError};
 use crate::util::{CliError, Context};
 use serde::Serialize;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
+use vfio_core::Errno;
 use vfio_core::{DeviceState, MigrationFlags};
-use vfio_user::{Client, ClientError, Relay, RelayError};
+use vfio_user::{Relay, RelayError};
 
 /// What a migration did.
 #[derive(Debug, Clone, Serialize)]
@@ -115,7 +117,7 @@ pub const PROBE_ROUND_BYTES: u64 = 64 << 20;
 /// One device being driven: its client, its migration flags, and the state it is in as far as
 /// our requests know.
 struct Dev<'a> {
-    c: &'a mut Client,
+    c: &'a mut dyn Endpoint,
     who: &'static str,
     flags: MigrationFlags,
     state: DeviceState,
@@ -125,7 +127,7 @@ struct Dev<'a> {
 }
 
 impl<'a> Dev<'a> {
-    fn open(c: &'a mut Client, who: &'static str) -> Result<Dev<'a>, CliError> {
+    fn open(c: &'a mut dyn Endpoint, who: &'static str) -> Result<Dev<'a>, CliError> {
         let flags = c
             .migration_flags()
             .ctx(|| format!("{who}: querying migration support"))?;
@@ -169,7 +171,7 @@ impl<'a> Dev<'a> {
 
     /// After a failure: reopens the connection if it broke mid-message (`!in_step`), then
     /// reads the device's real state.
-    fn recover(&mut self, in_step: bool) -> Result<(), ClientError> {
+    fn recover(&mut self, in_step: bool) -> Result<(), EpError> {
         if !in_step {
             self.c.reconnect()?;
         }
@@ -231,8 +233,8 @@ fn relay_error(e: RelayError) -> CliError {
 /// Live-migrates the device behind `src` into the device behind `dst`, with pre-copy when
 /// `opts.pre_copy` is given. `progress(done, estimate)` is called after every chunk.
 pub fn migrate(
-    src: &mut Client,
-    dst: &mut Client,
+    src: &mut dyn Endpoint,
+    dst: &mut dyn Endpoint,
     opts: MigrateOpts,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Report, CliError> {
@@ -243,8 +245,8 @@ pub fn migrate(
 /// stops (it leaves RUNNING or PRE_COPY), where a VMM stops the vCPUs — nothing of the guest
 /// may touch the device after it. Its time counts as downtime.
 pub fn migrate_with(
-    src: &mut Client,
-    dst: &mut Client,
+    src: &mut dyn Endpoint,
+    dst: &mut dyn Endpoint,
     opts: MigrateOpts,
     progress: &mut dyn FnMut(u64, u64),
     stop_guest: &mut dyn FnMut(),
@@ -365,7 +367,7 @@ fn pre_copy_rounds(
         let estimate = if report.precopy_bytes == 0 {
             f64::INFINITY
         } else {
-            (dirty + FIXED_STOP_COPY_BYTES) as f64 / rate
+            stop_copy_bytes(s, dirty) as f64 / rate
         };
         report.estimated_downtime_ms = estimate * 1e3;
         if initial == 0 && estimate <= opts.max_downtime.as_secs_f64() {
@@ -401,11 +403,9 @@ fn pre_copy_rounds(
         let limit = (initial + dirty).min(fits).max(1);
         let base = report.precopy_bytes;
         let r0 = Instant::now();
-        let moved = relay
-            .run_round(s.c, d.c, limit, &mut |done| {
-                progress(base + done, base + limit.max(done))
-            })
-            .map_err(|e| (relay_error(e), relay.in_step()))?;
+        let moved = transfer(relay, s, d, Some(limit), &mut |done| {
+            progress(base + done, base + limit.max(done))
+        })?;
         let secs = r0.elapsed().as_secs_f64();
         sending += secs;
         report.precopy_bytes += moved;
@@ -425,21 +425,109 @@ fn pre_copy_rounds(
     Ok(report)
 }
 
+/// The stop-copy bytes to expect from a source in PRE_COPY with `dirty` bytes dirty. Over
+/// vfio-user (an Xe VF of ours): the dirty VRAM plus [`FIXED_STOP_COPY_BYTES`]. A kernel
+/// device's own estimate (`MIG_DATA_SIZE`, valid in PRE_COPY) otherwise: nothing about the
+/// device is assumed.
+fn stop_copy_bytes(s: &mut Dev<'_>, dirty: u64) -> u64 {
+    if s.c.client().is_some() {
+        dirty + FIXED_STOP_COPY_BYTES
+    } else {
+        s.c.mig_data_size().unwrap_or(dirty)
+    }
+}
+
 /// MIG_PRECOPY_INFO of a source in PRE_COPY.
 fn precopy_info(s: &mut Dev<'_>) -> Result<(u64, u64), CliError> {
     let who = s.who;
-    let (_, initial, dirty) =
-        s.c.precopy_info(0)
-            .map_err(|e| client_failure(format!("{who}: reading MIG_PRECOPY_INFO"), e))?;
-    Ok((initial, dirty))
+    s.c.precopy_info()
+        .map_err(|e| client_failure(format!("{who}: reading MIG_PRECOPY_INFO"), e))
 }
 
 /// A client call failed: `what` with the cause, and whether the connection is still in step.
-fn client_failure(what: String, e: ClientError) -> CliError {
+fn client_failure(what: String, e: EpError) -> CliError {
     let in_step = e.in_step();
     let mut err = CliError::new(what).cause(e);
     err.in_step = in_step;
     err
+}
+
+/// Moves the stream from `s` to `d`: all of it (`limit` `None`), or one pre-copy round of at
+/// most `limit` bytes. Between two vfio-user devices the data goes from one socket to the
+/// other without entering this process (spliced), the source preparing each chunk while the
+/// destination applies the previous one; with a kernel device on either side it is read and
+/// written through a buffer ([`pump`]).
+fn transfer(
+    relay: &mut Relay,
+    s: &mut Dev<'_>,
+    d: &mut Dev<'_>,
+    limit: Option<u64>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64, (CliError, InStep)> {
+    if let (Some(sc), Some(dc)) = (s.c.client(), d.c.client()) {
+        let r = match limit {
+            Some(l) => relay.run_round(sc, dc, l, progress),
+            None => relay.run(sc, dc, progress),
+        };
+        return r.map_err(|e| (relay_error(e), relay.in_step()));
+    }
+    pump(relay, s.c, d.c, limit, progress)
+}
+
+/// [`transfer`] through a buffer. The end of the stream is a 0-byte read (or, from a vfio-user
+/// source, an error right after a short read); a round also ends at `ENOMSG` (no data ready
+/// now, as the kernel's PRE_COPY read says it) or at a short read. The relay's bandwidth cap
+/// applies.
+fn pump(
+    relay: &mut Relay,
+    src: &mut dyn Endpoint,
+    dst: &mut dyn Endpoint,
+    limit: Option<u64>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64, (CliError, InStep)> {
+    let mut buf = vec![0u8; src.chunk().min(dst.chunk()).max(4096)];
+    let mut total = 0u64;
+    let mut short = false;
+    relay.pace_start();
+    loop {
+        let want = match limit {
+            Some(l) => (l - total).min(buf.len() as u64) as usize,
+            None => buf.len(),
+        };
+        if want == 0 {
+            break;
+        }
+        let n = match src.read_data(&mut buf[..want]) {
+            Ok(n) => n,
+            Err(e) if limit.is_some() && e.errno() == Errno::ENOMSG => break,
+            Err(e) if short && e.in_step() => break,
+            Err(e) => {
+                let ok = e.in_step();
+                let err =
+                    client_failure(format!("source: reading migration data at byte {total}"), e);
+                return Err((err, (ok, true)));
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        if let Err(e) = dst.write_data(&buf[..n]) {
+            let ok = e.in_step();
+            let err = client_failure(
+                format!("destination: writing migration data at byte {total}"),
+                e,
+            );
+            return Err((err, (true, ok)));
+        }
+        relay.paced(n);
+        total += n as u64;
+        progress(total);
+        short = n < want;
+        if limit.is_some() && short {
+            break;
+        }
+    }
+    Ok(total)
 }
 
 fn copy_stream(
@@ -455,12 +543,7 @@ fn copy_stream(
         (e, k)
     })?;
     let t = Instant::now();
-    // The data goes from the source's socket to the destination's without entering this
-    // process (spliced), and the source prepares each chunk while the destination applies the
-    // previous one.
-    let total = relay
-        .run(s.c, d.c, &mut |done| progress(done, estimate))
-        .map_err(|e| (relay_error(e), relay.in_step()))?;
+    let total = transfer(relay, s, d, None, &mut |done| progress(done, estimate))?;
     let transfer = t.elapsed().as_secs_f64();
     s.walk(DeviceState::Stop).map_err(|e| {
         let k = in_step(&e);
@@ -479,16 +562,16 @@ fn copy_stream(
 /// Reads the whole stream from `c` into `out`, until a reply with no data (or an error reply
 /// right after a short one).
 fn read_stream(
-    c: &mut Client,
+    c: &mut dyn Endpoint,
     out: &mut dyn Write,
     estimate: u64,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, CliError> {
-    let mut buf = vec![0u8; c.max_xfer() as usize];
+    let mut buf = vec![0u8; c.chunk()];
     let mut total = 0u64;
     let mut short = false;
     loop {
-        let n = match c.mig_data_read(&mut buf) {
+        let n = match c.read_data(&mut buf) {
             Ok(n) => n,
             Err(e) if short && e.in_step() => {
                 tracing::debug!(%e, "read refused after a short reply: the end of the stream");
@@ -516,7 +599,7 @@ fn read_stream(
 
 /// Saves the device's state into `out`; the device runs again afterwards unless `leave_stopped`.
 pub fn save(
-    src: &mut Client,
+    src: &mut dyn Endpoint,
     out: &mut dyn Write,
     leave_stopped: bool,
     progress: &mut dyn FnMut(u64, u64),
@@ -544,7 +627,7 @@ pub fn save(
 
 /// Restores a saved stream into the device and starts it.
 pub fn restore(
-    dst: &mut Client,
+    dst: &mut dyn Endpoint,
     input: &mut dyn Read,
     len: u64,
     progress: &mut dyn FnMut(u64, u64),
@@ -552,7 +635,7 @@ pub fn restore(
     let mut d = Dev::open(dst, "device")?;
     d.walk(DeviceState::Resuming)?;
     let r = (|| {
-        let mut buf = vec![0u8; d.c.max_xfer() as usize];
+        let mut buf = vec![0u8; d.c.chunk()];
         let mut total = 0u64;
         loop {
             let n = input
@@ -561,7 +644,7 @@ pub fn restore(
             if n == 0 {
                 break;
             }
-            d.c.mig_data_write(&buf[..n]).map_err(|e| {
+            d.c.write_data(&buf[..n]).map_err(|e| {
                 client_failure(format!("writing migration data at byte {total}"), e)
             })?;
             total += n as u64;

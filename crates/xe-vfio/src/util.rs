@@ -97,21 +97,40 @@ pub trait Context<T> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T, CliError>;
 }
 
+/// A client error as a tool's: the remote errno with its hint, or the socket/protocol cause
+/// (after which the connection is out of step).
+fn client_error(what: String, e: &ClientError) -> CliError {
+    let mut c = CliError::new(what);
+    match e {
+        ClientError::Remote { errno, .. } => {
+            c.errno = Some(*errno);
+            c.hint = hint_for(*errno);
+        }
+        other => {
+            c.cause = Some(other.to_string());
+            c.in_step = false;
+        }
+    }
+    c
+}
+
 impl<T> Context<T> for Result<T, ClientError> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T, CliError> {
-        self.map_err(|e| {
-            let mut c = CliError::new(what());
-            match &e {
-                ClientError::Remote { errno, .. } => {
-                    c.errno = Some(*errno);
-                    c.hint = hint_for(*errno);
-                }
-                other => {
-                    c.cause = Some(other.to_string());
-                    c.in_step = false;
-                }
+        self.map_err(|e| client_error(what(), &e))
+    }
+}
+
+impl<T> Context<T> for Result<T, crate::endpoint::EpError> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T, CliError> {
+        use crate::endpoint::EpError;
+        self.map_err(|e| match e {
+            EpError::User(e) => client_error(what(), &e),
+            EpError::Kernel { op, errno } => {
+                let mut c = CliError::new(format!("{}: {op}", what()));
+                c.errno = Some(errno);
+                c.hint = hint_for(errno);
+                c
             }
-            c
         })
     }
 }

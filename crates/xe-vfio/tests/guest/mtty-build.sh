@@ -1,0 +1,32 @@
+#!/bin/sh
+# Runs inside the cached trixie root (chroot): builds the kernel's mtty sample driver for the
+# guest kernel $1 and collects the VFIO modules it needs, decompressed, in /opt/xe-mtty.
+# Idempotent: what is already there is kept (the linux-source .deb is deleted once mtty.c is out).
+set -eu
+K=$1
+MM=$(echo "$K" | cut -d. -f1,2)
+export DEBIAN_FRONTEND=noninteractive
+if [ ! -e "/usr/src/linux-headers-$K/Makefile" ] || ! command -v gcc >/dev/null || ! command -v make >/dev/null; then
+  apt-get update -qq
+  # libdw1t64 from backports: the trixie one conflicts with the backports libelf1t64 that QEMU
+  # pulled in (pahole, a dependency of the headers, needs it).
+  apt-get install -y -qq --no-install-recommends "linux-headers-$K" gcc make libc6-dev xz-utils \
+    libdw1t64/trixie-backports >/dev/null
+fi
+mkdir -p /opt/xe-mtty /var/cache/xe-src
+if [ ! -s /opt/xe-mtty/mtty.c ]; then
+  cd /var/cache/xe-src
+  ls linux-source-"$MM"_*.deb >/dev/null 2>&1 || apt-get download "linux-source-$MM" 2>/dev/null
+  dpkg-deb --fsys-tarfile linux-source-"$MM"_*.deb \
+    | tar -xO "./usr/src/linux-source-$MM.tar.xz" \
+    | tar -xJO --wildcards '*/samples/vfio-mdev/mtty.c' > /opt/xe-mtty/mtty.c.tmp
+  mv /opt/xe-mtty/mtty.c.tmp /opt/xe-mtty/mtty.c
+  rm -f linux-source-"$MM"_*.deb
+fi
+cd /opt/xe-mtty
+echo 'obj-m := mtty.o' > Kbuild
+[ -s mtty.ko ] || make -s -C "/lib/modules/$K/build" M=/opt/xe-mtty modules
+for m in vfio vfio_iommu_type1 mdev; do
+  xz -dc "$(modinfo -k "$K" -n $m)" > "$m.ko"
+done
+ls -l /opt/xe-mtty/*.ko

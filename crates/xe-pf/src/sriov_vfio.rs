@@ -212,7 +212,22 @@ impl SriovVfio for XePf {
 
     fn stop_copy_size(&self, vfid: u32) -> Result<u64, Errno> {
         let vf = self.checked_vf(vfid)?;
-        migration::stop_copy_size(&vf.hw, self.gt_count())
+        let full = migration::stop_copy_size(&vf.hw, self.gt_count())?;
+        // In a pre-copy session (ours: upstream has none) the stop-copy phase sends only what
+        // pre-copy has not — the initial VRAM left and the dirty VRAM instead of all of it —
+        // which is what the uAPI asks MIG_DATA_SIZE to estimate in PRE_COPY.
+        match vf.mig.precopy_info() {
+            Ok((initial, dirty)) => {
+                let lmem = vf.hw.lmem_size();
+                let vram = if lmem > 0 {
+                    HEADER_LEN as u64 + lmem
+                } else {
+                    0
+                };
+                Ok(full.saturating_sub(vram) + initial + dirty)
+            }
+            Err(_) => Ok(full),
+        }
     }
 
     fn pre_copy_supported(&self) -> bool {

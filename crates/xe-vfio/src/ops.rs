@@ -14,8 +14,9 @@
 //! `migrate` with pre-copy (a source offering PRE_COPY): the destination goes to RESUMING,
 //! the source RUNNING → PRE_COPY while it runs on, and rounds are relayed — each the initial
 //! plus dirty bytes the source's MIG_PRECOPY_INFO reports, ending early at the stream's
-//! temporary end. Before each round the stop-copy time is estimated from the dirty bytes
-//! (plus [`FIXED_STOP_COPY_BYTES`] for the rest of the stop-copy data) and the throughput
+//! temporary end. Before each round the stop-copy time is estimated from the source's
+//! MIG_DATA_SIZE (in PRE_COPY: what stop-copy will still send; the dirty bytes plus
+//! [`FIXED_STOP_COPY_BYTES`] from a device that does not answer it) and the throughput
 //! measured so far; once the initial data is sent and the estimate fits `max_downtime`, the
 //! source stops (PRE_COPY → PRE_COPY_P2P → STOP_COPY) and the rest is relayed as in a
 //! stop-copy migration. If it has not converged by `max_precopy`, the switch happens anyway
@@ -108,7 +109,8 @@ pub struct PreCopyReport {
 }
 
 /// Stop-copy bytes that are not dirty VRAM (GUC, MMIO and GGTT packets, trailer), allowed for
-/// in the downtime estimate: a few hundred KiB on these VFs, rounded up.
+/// in the downtime estimate of a source that does not answer MIG_DATA_SIZE: a few hundred KiB
+/// on these VFs, rounded up.
 pub const FIXED_STOP_COPY_BYTES: u64 = 1 << 20;
 
 /// Bytes of the first pre-copy round, sent before any throughput is known.
@@ -414,6 +416,10 @@ fn pre_copy_rounds(
             std::thread::sleep(Duration::from_millis(1));
         }
         info = precopy_info(s).map_err(src_err)?;
+        if moved == 0 {
+            // An idle poll is no round.
+            continue;
+        }
         report.rounds.push(Round {
             bytes: moved,
             seconds: secs,
@@ -425,16 +431,12 @@ fn pre_copy_rounds(
     Ok(report)
 }
 
-/// The stop-copy bytes to expect from a source in PRE_COPY with `dirty` bytes dirty. Over
-/// vfio-user (an Xe VF of ours): the dirty VRAM plus [`FIXED_STOP_COPY_BYTES`]. A kernel
-/// device's own estimate (`MIG_DATA_SIZE`, valid in PRE_COPY) otherwise: nothing about the
-/// device is assumed.
+/// The stop-copy bytes to expect from a source in PRE_COPY with `dirty` bytes dirty: its own
+/// estimate (`MIG_DATA_SIZE`, which the uAPI defines in PRE_COPY as what stop-copy will still
+/// send — ours and the kernel's drivers answer it), or, from a device that does not answer
+/// it, the dirty bytes plus [`FIXED_STOP_COPY_BYTES`].
 fn stop_copy_bytes(s: &mut Dev<'_>, dirty: u64) -> u64 {
-    if s.c.client().is_some() {
-        dirty + FIXED_STOP_COPY_BYTES
-    } else {
-        s.c.mig_data_size().unwrap_or(dirty)
-    }
+    s.c.mig_data_size().unwrap_or(dirty + FIXED_STOP_COPY_BYTES)
 }
 
 /// MIG_PRECOPY_INFO of a source in PRE_COPY.
@@ -659,4 +661,120 @@ pub fn restore(
         e.hint = Some(format!("the restore was aborted; {note}"));
         e
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The buffered data path ([`pump`]) — the one a kernel device takes — exercised between
+    //! two of our VFs, by hiding their vfio-user clients from `migrate`.
+    use super::*;
+    use crate::serve::{start_host, HostSpec};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use vfio_user::{Client, ServerOptions};
+    use xe_pf::hw::mem::Commit;
+    use xe_pf::Platform;
+
+    /// A vfio-user device seen as any endpoint: no splice relay.
+    struct Plain(Client);
+
+    impl Endpoint for Plain {
+        fn migration_flags(&mut self) -> Result<MigrationFlags, EpError> {
+            Endpoint::migration_flags(&mut self.0)
+        }
+        fn device_state(&mut self) -> Result<DeviceState, EpError> {
+            Endpoint::device_state(&mut self.0)
+        }
+        fn set_device_state(&mut self, s: DeviceState) -> Result<(), EpError> {
+            Endpoint::set_device_state(&mut self.0, s)
+        }
+        fn mig_data_size(&mut self) -> Result<u64, EpError> {
+            Endpoint::mig_data_size(&mut self.0)
+        }
+        fn precopy_info(&mut self) -> Result<(u64, u64), EpError> {
+            Endpoint::precopy_info(&mut self.0)
+        }
+        fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, EpError> {
+            self.0.read_data(buf)
+        }
+        fn write_data(&mut self, data: &[u8]) -> Result<(), EpError> {
+            self.0.write_data(data)
+        }
+        fn reset(&mut self) -> Result<(), EpError> {
+            Endpoint::reset(&mut self.0)
+        }
+        fn reconnect(&mut self) -> Result<(), EpError> {
+            Endpoint::reconnect(&mut self.0)
+        }
+        fn chunk(&self) -> usize {
+            self.0.chunk()
+        }
+    }
+
+    fn host(dir: &std::path::Path, stop: &Arc<AtomicBool>) -> crate::serve::Host {
+        let spec = HostSpec {
+            platform: Platform::Bmg,
+            vfs: 1,
+            lmem_per_vf: 8 << 20,
+            lmem_commit: Commit::Reserved,
+            pre_copy: true,
+            ggtt_per_vf: xe_pf::pf::DEFAULT_VF_GGTT,
+        };
+        start_host(&spec, dir, stop, &ServerOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn the_buffered_path_migrates_stop_copy_and_pre_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, b) = (
+            host(&dir.path().join("a"), &stop),
+            host(&dir.path().join("b"), &stop),
+        );
+        let lmem = |h: &crate::serve::Host| {
+            let hw = h.pf.vf(1).unwrap().hw.clone();
+            let mut v = vec![0u8; 8 << 20];
+            hw.lmem().unwrap().read(0, &mut v).unwrap();
+            v
+        };
+        let data: Vec<u8> = (0..8u32 << 20)
+            .map(|i| (i.wrapping_mul(31) >> 3) as u8)
+            .collect();
+        a.pf.vf(1)
+            .unwrap()
+            .hw
+            .lmem()
+            .unwrap()
+            .write(0, &data)
+            .unwrap();
+        let mut s = Plain(Client::connect(&a.sockets[0]).unwrap());
+        let mut d = Plain(Client::connect(&b.sockets[0]).unwrap());
+        let r = migrate(&mut s, &mut d, MigrateOpts::default(), &mut |_, _| {}).unwrap();
+        assert_eq!(r.destination_state, "RUNNING");
+        assert!(lmem(&b) == data, "stop-copy through the buffer");
+
+        // Back, with pre-copy and a bandwidth cap (paced by the buffered path too).
+        let pre = MigrateOpts {
+            pre_copy: Some(PreCopyOpts {
+                max_downtime: Duration::from_millis(50),
+                max_precopy: Duration::from_secs(30),
+                strict: false,
+            }),
+            max_bandwidth: Some(64 << 20),
+        };
+        b.pf.vf(1)
+            .unwrap()
+            .hw
+            .lmem_write(4096, &[0xEE; 100])
+            .unwrap();
+        let mut want = data.clone();
+        want[4096..4196].fill(0xEE);
+        let r = migrate(&mut d, &mut s, pre, &mut |_, _| {}).unwrap();
+        let p = r.pre_copy.unwrap();
+        assert!(p.converged && p.precopy_bytes >= 8 << 20, "{p:?}");
+        // 8 MiB and more at 64 MiB/s: an eighth of a second at least.
+        assert!(r.total_seconds >= 0.125, "{}", r.total_seconds);
+        assert!(lmem(&a) == want, "pre-copy through the buffer");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }

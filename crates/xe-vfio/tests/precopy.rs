@@ -418,6 +418,37 @@ fn migrate_pre_copy_that_cannot_converge() {
     assert!(lmem_bytes(&dh) == pattern(8 << 20, 5));
 }
 
+/// MIG_DATA_SIZE in PRE_COPY says what stop-copy will still send (the uAPI's definition): all
+/// of it before the first round, then the non-VRAM packets plus the dirty VRAM — the number an
+/// orchestrator that knows nothing of Xe divides by its throughput.
+#[test]
+fn data_size_in_pre_copy_is_what_stop_copy_still_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = host_pre_copy(&dir.path().join("a"), Platform::Bmg, 1, 8 * MIB);
+    let b = host(&dir.path().join("b"), Platform::Bmg, 1, 8 * MIB);
+    let mut src = Client::connect(&a.sockets[0]).unwrap();
+    let mut dst = Client::connect(&b.sockets[0]).unwrap();
+    let full = src.mig_data_size().unwrap();
+    assert!(full > 8 * MIB, "{full}");
+    src.set_device_state(DeviceState::PreCopy).unwrap();
+    dst.set_device_state(DeviceState::Resuming).unwrap();
+    let (i, d) = info(&mut src);
+    let vram = 24 + 8 * MIB;
+    assert_eq!(src.mig_data_size().unwrap(), full - vram + i + d);
+    let mut relay = Relay::new();
+    round(&mut relay, &mut src, &mut dst);
+    let rest = src.mig_data_size().unwrap();
+    assert_eq!(
+        rest,
+        full - vram,
+        "only GUC, MMIO, GGTT and the trailer's kin are left"
+    );
+    src.region_write(BAR2, 4096, &[0xAB; 100]).unwrap();
+    let (_, d) = info(&mut src);
+    assert!(d > 100, "one dirty granule as a VRAM packet: {d}");
+    assert_eq!(src.mig_data_size().unwrap(), rest + d);
+}
+
 /// `--max-bandwidth` paces the relay (a lower bound on the time, which cannot flake), and a
 /// pre-copy round never runs past `--max-precopy`: on a slow link the switch comes in the
 /// middle of the initial data, and the stop-copy sends the rest — the destination is whole.

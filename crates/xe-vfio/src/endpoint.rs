@@ -107,8 +107,9 @@ impl Endpoint for Client {
 pub enum Target {
     /// A vfio-user socket.
     Socket(PathBuf),
-    /// A kernel VFIO device, by its sysfs directory.
-    Kernel(PathBuf),
+    /// A kernel VFIO device, by its sysfs directory; `true` if named by its cdev (open it
+    /// through the cdev and iommufd).
+    Kernel(PathBuf, bool),
 }
 
 /// Whether `s` is a PCI address: `DDDD:BB:DD.F` (domain optional).
@@ -160,6 +161,7 @@ pub fn parse(arg: &str, sys: &Path) -> Result<Target, CliError> {
             }
             return Ok(Target::Kernel(
                 sys.join("class/vfio-dev").join(&*name).join("device"),
+                true,
             ));
         }
         if p.starts_with("/dev/vfio") {
@@ -167,10 +169,10 @@ pub fn parse(arg: &str, sys: &Path) -> Result<Target, CliError> {
                 .hint("name the device: its PCI address, its mdev UUID, or its sysfs directory"));
         }
         if p.is_absolute() {
-            return Ok(Target::Kernel(p.to_path_buf()));
+            return Ok(Target::Kernel(p.to_path_buf(), false));
         }
         return parse(rest, sys).and_then(|t| match t {
-            Target::Kernel(_) => Ok(t),
+            Target::Kernel(..) => Ok(t),
             Target::Socket(_) => Err(CliError::new(format!("{arg}: not a VFIO device name"))
                 .hint("vfio: takes /dev/vfio/devices/vfioN, a sysfs path, a PCI address or an mdev UUID")),
         });
@@ -183,11 +185,13 @@ pub fn parse(arg: &str, sys: &Path) -> Result<Target, CliError> {
         };
         return Ok(Target::Kernel(
             sys.join("bus/pci/devices").join(full.to_ascii_lowercase()),
+            false,
         ));
     }
     if is_uuid(arg) {
         return Ok(Target::Kernel(
             sys.join("bus/mdev/devices").join(arg.to_ascii_lowercase()),
+            false,
         ));
     }
     Ok(Target::Socket(PathBuf::from(arg)))
@@ -198,14 +202,14 @@ pub fn parse(arg: &str, sys: &Path) -> Result<Target, CliError> {
 pub fn open(arg: &str, timeout: u64) -> Result<Box<dyn Endpoint>, CliError> {
     match parse(arg, Path::new("/sys"))? {
         Target::Socket(p) => Ok(Box::new(crate::connect(&p, timeout)?)),
-        Target::Kernel(sys) => Ok(Box::new(KernelDevice::open(&sys, arg)?)),
+        Target::Kernel(sys, cdev) => Ok(Box::new(KernelDevice::open(&sys, arg, cdev)?)),
     }
 }
 
 /// Opens a kernel VFIO device (for the commands that only make sense on one).
 pub fn open_kernel(arg: &str) -> Result<KernelDevice, CliError> {
     match parse(arg, Path::new("/sys"))? {
-        Target::Kernel(sys) => KernelDevice::open(&sys, arg),
+        Target::Kernel(sys, cdev) => KernelDevice::open(&sys, arg, cdev),
         Target::Socket(_) => Err(CliError::new(format!("{arg}: not a kernel VFIO device"))
             .hint("name it as vfio:/dev/vfio/devices/vfioN, vfio:/sys/..., a PCI address or an mdev UUID")),
     }
@@ -216,7 +220,7 @@ mod tests {
     use super::*;
 
     fn k(p: &str) -> Target {
-        Target::Kernel(PathBuf::from(p))
+        Target::Kernel(PathBuf::from(p), false)
     }
 
     #[test]
@@ -237,7 +241,7 @@ mod tests {
         );
         assert_eq!(
             ok("vfio:/dev/vfio/devices/vfio0"),
-            k("/sys/class/vfio-dev/vfio0/device")
+            Target::Kernel("/sys/class/vfio-dev/vfio0/device".into(), true)
         );
         assert_eq!(
             ok("vfio:/sys/bus/pci/devices/0000:03:00.1"),

@@ -1,5 +1,13 @@
 //! The kernel VFIO backend: a device opened through its group and a type1 container
-//! (`/dev/vfio/vfio`, `/dev/vfio/GROUP`), migrated with `VFIO_DEVICE_FEATURE` and its data fd.
+//! (`/dev/vfio/vfio`, `/dev/vfio/GROUP`), or through its cdev bound to an iommufd
+//! (`/dev/vfio/devices/vfioN`, `/dev/iommu`), and migrated with `VFIO_DEVICE_FEATURE` and its
+//! data fd.
+//!
+//! Which interface: the cdev when the user named it (`vfio:/dev/vfio/devices/vfioN`) or when
+//! the kernel has no group interface for the device; the group otherwise (what mdev and most
+//! hosts use today). The cdev path is vfio-ioctls' and is not exercised by our tests: no
+//! kernel reachable here has IOMMUFD (Debian's 6.12 and 7.3 builds: `# CONFIG_IOMMUFD is not
+//! set`).
 //!
 //! rust-vmm's `vfio-ioctls` (without its KVM feature) does the opening and the migration v2
 //! calls. Written here by hand, and why:
@@ -16,7 +24,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::sync::Arc;
 use vfio_core::{DeviceState, Errno, MigrationFlags};
-use vfio_ioctls::{VfioContainer, VfioDevice, VfioError};
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioError, VfioIommufd, VfioOps};
 
 /// `VFIO_DEVICE_RESET`: `_IO(VFIO_TYPE, VFIO_BASE + 11)`.
 pub const VFIO_DEVICE_RESET: u32 = io_nr(vfio_bindings::bindings::vfio::VFIO_BASE + 11);
@@ -31,7 +39,14 @@ fn errno_of(e: &VfioError) -> Errno {
     match e {
         VfioError::OpenContainer(io)
         | VfioError::OpenGroup(io, _)
+        | VfioError::OpenDeviceCdev(io)
         | VfioError::VfioMigrationDataIo(io) => Errno::from_io(io),
+        VfioError::NewVfioIommufd(iommufd_ioctls::IommufdError::OpenIommufd(io)) => {
+            Errno::from_io(io)
+        }
+        VfioError::VfioDeviceBindIommufd(s) | VfioError::VfioDeviceAttachIommufdPt(s) => {
+            Errno::new(s.errno())
+        }
         VfioError::ContainerSetIOMMU(s)
         | VfioError::GroupGetDeviceFD(s)
         | VfioError::SetDeviceAttr(s)
@@ -57,8 +72,9 @@ pub struct KernelDevice {
 }
 
 impl KernelDevice {
-    /// Opens the device whose sysfs directory is `sys` (`arg` is how the user named it).
-    pub fn open(sys: &Path, arg: &str) -> Result<KernelDevice, CliError> {
+    /// Opens the device whose sysfs directory is `sys` (`arg` is how the user named it);
+    /// through its cdev if `cdev` (the user named it) or if it has no group interface.
+    pub fn open(sys: &Path, arg: &str, cdev: bool) -> Result<KernelDevice, CliError> {
         let sys = sys.canonicalize().map_err(|_| {
             CliError::new(format!(
                 "{arg}: no such device ({} does not exist)",
@@ -75,6 +91,8 @@ impl KernelDevice {
                 CliError::new(format!("{arg}: not in an IOMMU group, so not usable through VFIO"))
                     .hint("enable the IOMMU (intel_iommu=on iommu=pt), or for an mdev load its vendor driver")
             })?;
+        let has_cdev = sys.join("vfio-dev").is_dir();
+        let use_cdev = has_cdev && (cdev || !Path::new(&format!("/dev/vfio/{group}")).exists());
         let driver = sys
             .join("driver")
             .read_link()
@@ -99,13 +117,23 @@ impl KernelDevice {
                 }
             }
         }
-        if !Path::new("/dev/vfio/vfio").exists() {
+        if !use_cdev && !Path::new("/dev/vfio/vfio").exists() {
             return Err(
                 CliError::new("/dev/vfio/vfio does not exist: VFIO is not loaded")
                     .hint("modprobe vfio vfio_iommu_type1"),
             );
         }
-        let node = format!("/dev/vfio/{group}");
+        let node = if use_cdev {
+            sys.join("vfio-dev")
+                .read_dir()
+                .ok()
+                .and_then(|mut d| d.next()?.ok())
+                .map_or("/dev/vfio/devices/…".into(), |e| {
+                    format!("/dev/vfio/devices/{}", e.file_name().to_string_lossy())
+                })
+        } else {
+            format!("/dev/vfio/{group}")
+        };
         let fail = |e: VfioError| {
             let errno = errno_of(&e);
             let (what, hint) = match errno {
@@ -131,8 +159,16 @@ impl KernelDevice {
             c.errno = Some(errno);
             c.hint(hint)
         };
-        let container = Arc::new(VfioContainer::new(None).map_err(fail)?);
-        let dev = VfioDevice::new(&sys, container, false).map_err(fail)?;
+        let ops: Arc<dyn VfioOps> = if use_cdev {
+            let iommufd =
+                iommufd_ioctls::IommuFd::new().map_err(|e| fail(VfioError::NewVfioIommufd(e)))?;
+            Arc::new(VfioIommufd::new(Arc::new(iommufd), None, None).map_err(fail)?)
+        } else {
+            Arc::new(VfioContainer::new(None).map_err(fail)?)
+        };
+        // With iommufd the device is attached to an (empty) IOAS: migration needs no DMA
+        // mappings, but an unattached cdev refuses most ioctls.
+        let dev = VfioDevice::new(&sys, ops, true).map_err(fail)?;
         match dev.query_migration_support() {
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => {
@@ -441,6 +477,13 @@ mod tests {
             DeviceState::RunningP2p as u32
         );
         assert_eq!(b::VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2, 12);
+        // The cdev path: VFIO_DEVICE_BIND_IOMMUFD (18) and VFIO_DEVICE_ATTACH_IOMMUFD_PT (19).
+        assert_eq!(io_nr(b::VFIO_BASE + 18), 0x3b76);
+        assert_eq!(io_nr(b::VFIO_BASE + 19), 0x3b77);
+        assert_eq!(std::mem::size_of::<b::vfio_device_bind_iommufd>(), 24);
+        assert_eq!(std::mem::offset_of!(b::vfio_device_bind_iommufd, iommufd), 8);
+        assert_eq!(std::mem::offset_of!(b::vfio_device_bind_iommufd, out_devid), 12);
+        assert_eq!(std::mem::size_of::<b::vfio_device_attach_iommufd_pt>(), 16);
     }
 
     #[test]
@@ -455,7 +498,7 @@ mod tests {
 
     #[test]
     fn a_path_that_is_not_a_device_says_so() {
-        let e = KernelDevice::open(Path::new("/nonexistent/dev"), "0000:99:00.0")
+        let e = KernelDevice::open(Path::new("/nonexistent/dev"), "0000:99:00.0", false)
             .err()
             .unwrap()
             .to_string();
@@ -463,7 +506,10 @@ mod tests {
         assert!(e.contains("hint:"), "{e}");
         // A directory that is no device: not in an IOMMU group.
         let d = tempfile::tempdir().unwrap();
-        let e = KernelDevice::open(d.path(), "x").err().unwrap().to_string();
+        let e = KernelDevice::open(d.path(), "x", false)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("not in an IOMMU group"), "{e}");
     }
 }

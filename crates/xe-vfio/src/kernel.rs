@@ -481,8 +481,14 @@ mod tests {
         assert_eq!(io_nr(b::VFIO_BASE + 18), 0x3b76);
         assert_eq!(io_nr(b::VFIO_BASE + 19), 0x3b77);
         assert_eq!(std::mem::size_of::<b::vfio_device_bind_iommufd>(), 24);
-        assert_eq!(std::mem::offset_of!(b::vfio_device_bind_iommufd, iommufd), 8);
-        assert_eq!(std::mem::offset_of!(b::vfio_device_bind_iommufd, out_devid), 12);
+        assert_eq!(
+            std::mem::offset_of!(b::vfio_device_bind_iommufd, iommufd),
+            8
+        );
+        assert_eq!(
+            std::mem::offset_of!(b::vfio_device_bind_iommufd, out_devid),
+            12
+        );
         assert_eq!(std::mem::size_of::<b::vfio_device_attach_iommufd_pt>(), 16);
     }
 

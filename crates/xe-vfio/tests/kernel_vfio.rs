@@ -84,12 +84,13 @@ fn qemu_guest_migrates_mtty_through_the_kernel() {
     let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let busybox = read(root.join("bin/busybox"));
     let xe = read(xe);
-    let kos: Vec<(String, Vec<u8>)> = ["vfio", "vfio_iommu_type1", "mdev", "mtty"]
+    let kos: Vec<(String, Vec<u8>)> = ["vfio", "vfio_iommu_type1", "mdev", "mtty", "mdpy"]
         .iter()
         .map(|m| (format!("m/{m}.ko"), read(modules.join(format!("{m}.ko")))))
         .collect();
     let mut files: Vec<(&str, u32, &[u8])> = vec![
         ("m", 0o40755, &[]),
+        ("etc", 0o40755, &[]),
         ("bin/busybox", 0o100755, &busybox),
         ("bin/xe-vfio", 0o100755, &xe),
         ("init", 0o100755, INIT.as_bytes()),
@@ -168,6 +169,19 @@ fn qemu_guest_migrates_mtty_through_the_kernel() {
     assert!(
         novfio.contains("0000:00:00.0") && novfio.contains("hint:"),
         "{novfio}"
+    );
+
+    assert_eq!(word(&console, "MT-NOMIG "), "rc=1", "{}", show());
+    let nomig = word(&console, "MT-NOMIG-OUT ");
+    assert!(
+        nomig.contains("does not support VFIO migration v2") && nomig.contains("hint:"),
+        "{nomig}"
+    );
+    assert_eq!(word(&console, "MT-PERM "), "rc=1", "{}", show());
+    let perm = word(&console, "MT-PERM-OUT ");
+    assert!(
+        perm.contains("permission denied") && perm.contains("hint:"),
+        "{perm}"
     );
 
     // The real kernel's state machine equals vfio-core's on every pair.

@@ -4,7 +4,7 @@
 # tagged console line the host checks.
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-for m in vfio vfio_iommu_type1 mdev mtty; do
+for m in vfio vfio_iommu_type1 mdev mtty mdpy; do
   insmod /m/$m.ko || { echo "MT-ERROR insmod $m"; poweroff -f; }
 done
 T=/sys/class/mdev_bus/mtty/mdev_supported_types
@@ -64,6 +64,17 @@ echo "MT-BUSY-OUT $(tr '\n' ' ' < /tmp/busy.out)"
 exec 3>&-
 $X save --from 0000:00:00.0 -o /tmp/x > /tmp/novfio.out 2>&1; echo "MT-NOVFIO rc=$?"
 echo "MT-NOVFIO-OUT $(tr '\n' ' ' < /tmp/novfio.out)"
+# An mdev without migration (mdpy).
+E=83b8f4f2-509f-382f-3c1e-e6bfe0fa1005
+P=/sys/class/mdev_bus/mdpy/mdev_supported_types
+echo $E > $P/$(ls $P | head -1)/create
+$X save --from $E -o /tmp/x > /tmp/nomig.out 2>&1; echo "MT-NOMIG rc=$?"
+echo "MT-NOMIG-OUT $(tr '\n' ' ' < /tmp/nomig.out)"
+# Not root: /dev/vfio/N is root's.
+echo "nobody:x:65534:65534::/:/bin/sh" > /etc/passwd
+su -s /bin/sh -c "$X save --from $C -o /tmp/x" nobody > /tmp/perm.out 2>&1
+echo "MT-PERM rc=$?"
+echo "MT-PERM-OUT $(tr '\n' ' ' < /tmp/perm.out)"
 
 # The state machine of a real device against vfio-core's.
 $X fsm-check $A > /tmp/fsm.out 2>&1; echo "MT-FSM rc=$?"

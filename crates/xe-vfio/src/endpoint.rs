@@ -6,6 +6,7 @@ use crate::kernel::KernelDevice;
 use crate::util::CliError;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
+use vfio_core::device::region;
 use vfio_core::{DeviceState, Errno, MigrationFlags};
 use vfio_user::{Client, ClientError};
 
@@ -63,6 +64,24 @@ pub trait Endpoint {
     fn client(&mut self) -> Option<&mut Client> {
         None
     }
+    /// Reads `buf.len()` bytes at `off` of region `index`.
+    fn region_read(&mut self, index: u32, off: u64, buf: &mut [u8]) -> Result<(), EpError>;
+    /// The size of region `index` (0 if the device has none).
+    fn region_size(&mut self, index: u32) -> Result<u64, EpError>;
+
+    /// What a destination must match: the PCI vendor, device and revision (config space), the
+    /// size of BAR2 (an Xe VF's LMEM), and the migration flags.
+    fn identity(&mut self) -> Result<mig_net::VfInfo, EpError> {
+        let mut c = [0u8; 12];
+        self.region_read(region::CONFIG, 0, &mut c)?;
+        Ok(mig_net::VfInfo {
+            vendor: u16::from_le_bytes([c[0], c[1]]),
+            device: u16::from_le_bytes([c[2], c[3]]),
+            revision: c[8],
+            mig_flags: self.migration_flags()?.bits() as u32,
+            bar2: self.region_size(region::BAR2)?,
+        })
+    }
 }
 
 impl Endpoint for Client {
@@ -99,6 +118,12 @@ impl Endpoint for Client {
     }
     fn client(&mut self) -> Option<&mut Client> {
         Some(self)
+    }
+    fn region_read(&mut self, index: u32, off: u64, buf: &mut [u8]) -> Result<(), EpError> {
+        Ok(Client::region_read(self, index, off, buf)?)
+    }
+    fn region_size(&mut self, index: u32) -> Result<u64, EpError> {
+        Ok(self.region_info(index)?.0.size)
     }
 }
 

@@ -317,6 +317,14 @@ impl Endpoint for KernelDevice {
         Ok(())
     }
 
+    fn region_read(&mut self, index: u32, off: u64, buf: &mut [u8]) -> Result<(), EpError> {
+        KernelDevice::region_read(self, index, off, buf)
+    }
+
+    fn region_size(&mut self, index: u32) -> Result<u64, EpError> {
+        Ok(self.dev.get_region_size(index))
+    }
+
     fn chunk(&self) -> usize {
         1 << 20
     }

@@ -5,6 +5,7 @@ mod bench_precopy;
 mod demo;
 mod endpoint;
 mod kernel;
+mod net;
 mod ops;
 mod remote;
 mod serve;
@@ -68,7 +69,8 @@ enum Cmd {
         #[arg(long, value_parser = parse_size, default_value = "1M")]
         max_xfer: u64,
     },
-    /// Live-migrate the VF at --from into the VF at --to.
+    /// Live-migrate the VF at --from into the VF at --to, or VFs (comma-separated) into a
+    /// `xe-vfio receive` on another host (--to tcp://HOST:PORT).
     Migrate {
         /// A vfio-user socket, or a kernel VFIO device: vfio:/dev/vfio/devices/vfioN,
         /// vfio:/sys/..., a PCI address (0000:03:00.1) or an mdev UUID.
@@ -97,6 +99,44 @@ enum Cmd {
         /// max-bandwidth: to share a link, or to model a slower one.
         #[arg(long, value_parser = parse_size)]
         max_bandwidth: Option<u64>,
+        /// TLS: this side's certificate (PEM), for tcp:// (both sides present one).
+        #[arg(long)]
+        tls_cert: Option<PathBuf>,
+        /// TLS: this side's private key (PEM).
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
+        /// TLS: the CA the peer's certificate must chain to (PEM).
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+        /// Plain TCP, unencrypted and unauthenticated (said on every run).
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Receive a migration from another host (`migrate --to tcp://…` there) into local VFs.
+    Receive {
+        /// ADDR:PORT to listen on.
+        #[arg(long)]
+        listen: String,
+        /// The local VF(s), comma-separated, in the source's order (sockets or kernel devices).
+        #[arg(long)]
+        to: String,
+        /// Stay and take further migrations (each refused or taken whole).
+        #[arg(long)]
+        keep: bool,
+        #[arg(long)]
+        json: bool,
+        /// TLS: this side's certificate (PEM), for tcp:// (both sides present one).
+        #[arg(long)]
+        tls_cert: Option<PathBuf>,
+        /// TLS: this side's private key (PEM).
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
+        /// TLS: the CA the peer's certificate must chain to (PEM).
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+        /// Plain TCP, unencrypted and unauthenticated (said on every run).
+        #[arg(long)]
+        insecure: bool,
     },
     /// Save a VF's migration stream to a file (the VF runs again afterwards).
     Save {
@@ -247,7 +287,44 @@ fn run(cli: Cli) -> Result<(), CliError> {
             max_precopy,
             strict,
             max_bandwidth,
+            tls_cert,
+            tls_key,
+            tls_ca,
+            insecure,
         } => {
+            if to.starts_with("tcp://") {
+                if pre_copy || max_bandwidth.is_some() {
+                    return Err(CliError::new(
+                        "--pre-copy and --max-bandwidth do not work across hosts yet",
+                    )
+                    .hint("migrate between hosts with stop-copy, or locally with them"));
+                }
+                let sec = net::Security::from_args(tls_cert, tls_key, tls_ca, insecure)?;
+                let names: Vec<String> = from.split(',').map(str::to_string).collect();
+                let mut srcs = names
+                    .iter()
+                    .map(|n| endpoint::open(n, cli.timeout))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let timeout = std::time::Duration::from_secs(cli.timeout.max(1));
+                let r = net::migrate_remote(&mut srcs, &names, &to, &sec, timeout)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                } else {
+                    print_remote(&r);
+                }
+                return Ok(());
+            }
+            if tls_cert.is_some() || tls_key.is_some() || tls_ca.is_some() || insecure {
+                return Err(CliError::new(
+                    "--tls-* and --insecure are for --to tcp://HOST:PORT",
+                ));
+            }
+            if from.contains(',') {
+                return Err(
+                    CliError::new("several --from VFs need --to tcp://HOST:PORT")
+                        .hint("locally, migrate one VF at a time"),
+                );
+            }
             let mut src = endpoint::open(&from, cli.timeout)?;
             let mut dst = endpoint::open(&to, cli.timeout)?;
             let pb = progress_bar(0);
@@ -355,6 +432,25 @@ fn run(cli: Cli) -> Result<(), CliError> {
             bench_precopy::bench_pre_copy(size, &rates, max_precopy, link, plot.as_deref(), json)
         }
         Cmd::BenchSink { path } => bench::sink(&path),
+        Cmd::Receive {
+            listen,
+            to,
+            keep,
+            json,
+            tls_cert,
+            tls_key,
+            tls_ca,
+            insecure,
+        } => {
+            let sec = net::Security::from_args(tls_cert, tls_key, tls_ca, insecure)?;
+            let names: Vec<String> = to.split(',').map(str::to_string).collect();
+            let mut dsts = names
+                .iter()
+                .map(|n| endpoint::open(n, cli.timeout))
+                .collect::<Result<Vec<_>, _>>()?;
+            let timeout = std::time::Duration::from_secs(cli.timeout.max(1));
+            net::receive(&listen, &mut dsts, &names, &sec, keep, timeout, json)
+        }
         Cmd::FsmCheck { dev, json } => {
             let mut d = endpoint::open_kernel(&dev)?;
             let cells = kernel::fsm_matrix(&mut d)?;
@@ -467,6 +563,31 @@ fn print_matrix(dev: &str, cells: &[kernel::Cell]) {
     println!();
     let same = cells.iter().filter(|c| c.kernel == c.vfio_core).count();
     println!("{same} of {} pairs as vfio-core decides (ERROR cannot be requested, so it is no current state)", cells.len());
+}
+
+fn print_remote(r: &net::RemoteReport) {
+    println!(
+        "migrated {} VF(s) → {} over {}",
+        r.vfs.len(),
+        r.destination,
+        r.transport
+    );
+    for v in &r.vfs {
+        println!(
+            "  {:<40} {:>10}  downtime {:>8.1} ms  destination {}",
+            v.source,
+            human(v.bytes),
+            v.downtime_ms,
+            v.destination_state
+        );
+    }
+    println!(
+        "  group       {} in {:.3} s total, {:.0} MiB/s; downtime {:.1} ms (first VF stopped → all running)",
+        human(r.bytes),
+        r.total_seconds,
+        r.throughput_mib_s,
+        r.group_downtime_ms
+    );
 }
 
 fn print_report(r: &ops::Report, from: &str, to: &str) {

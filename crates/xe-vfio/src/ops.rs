@@ -118,18 +118,18 @@ pub const PROBE_ROUND_BYTES: u64 = 64 << 20;
 
 /// One device being driven: its client, its migration flags, and the state it is in as far as
 /// our requests know.
-struct Dev<'a> {
-    c: &'a mut dyn Endpoint,
-    who: &'static str,
-    flags: MigrationFlags,
-    state: DeviceState,
+pub(crate) struct Dev<'a> {
+    pub(crate) c: &'a mut dyn Endpoint,
+    pub(crate) who: String,
+    pub(crate) flags: MigrationFlags,
+    pub(crate) state: DeviceState,
     /// `MIG_DATA_SIZE`, if the device answers it (our extension over vfio-user: a device that
     /// does is an xe-vfio server).
     data_size: Option<u64>,
 }
 
 impl<'a> Dev<'a> {
-    fn open(c: &'a mut dyn Endpoint, who: &'static str) -> Result<Dev<'a>, CliError> {
+    pub(crate) fn open(c: &'a mut dyn Endpoint, who: &str) -> Result<Dev<'a>, CliError> {
         let flags = c
             .migration_flags()
             .ctx(|| format!("{who}: querying migration support"))?;
@@ -144,7 +144,7 @@ impl<'a> Dev<'a> {
         let data_size = c.mig_data_size().ok();
         Ok(Dev {
             c,
-            who,
+            who: who.to_string(),
             flags,
             state,
             data_size,
@@ -152,8 +152,8 @@ impl<'a> Dev<'a> {
     }
 
     /// Moves the device to `to`, one arc per request.
-    fn walk(&mut self, to: DeviceState) -> Result<(), CliError> {
-        let who = self.who;
+    pub(crate) fn walk(&mut self, to: DeviceState) -> Result<(), CliError> {
+        let who = self.who.clone();
         let arcs = vfio_core::path(self.state, to, self.flags).map_err(|e| {
             CliError::new(format!(
                 "{who}: no way from {} to {to} with migration flags {:#x}",
@@ -182,12 +182,12 @@ impl<'a> Dev<'a> {
     }
 
     /// Abort path of a source: back to RUNNING with its state. Returns what to tell the user.
-    fn resume_source(&mut self, in_step: bool) -> String {
+    pub(crate) fn resume_source(&mut self, in_step: bool) -> String {
         let r = self
             .recover(in_step)
             .map_err(|e| e.to_string())
             .and_then(|()| self.walk(DeviceState::Running).map_err(|e| e.to_string()));
-        let who = self.who;
+        let who = self.who.clone();
         match r {
             Ok(()) => format!("the {who} is RUNNING again with its state intact"),
             Err(e) => format!(
@@ -199,13 +199,13 @@ impl<'a> Dev<'a> {
     }
 
     /// Abort path of a destination: reset, and report the state the reset left.
-    fn reset_destination(&mut self, in_step: bool) -> String {
+    pub(crate) fn reset_destination(&mut self, in_step: bool) -> String {
         let r = self.recover(in_step).and_then(|()| {
             self.c.reset()?;
             self.state = self.c.device_state()?;
             Ok(())
         });
-        let who = self.who;
+        let who = self.who.clone();
         match r {
             Ok(()) if self.state == DeviceState::Running => {
                 format!("the {who} was reset and is RUNNING")
@@ -441,7 +441,7 @@ fn stop_copy_bytes(s: &mut Dev<'_>, dirty: u64) -> u64 {
 
 /// MIG_PRECOPY_INFO of a source in PRE_COPY.
 fn precopy_info(s: &mut Dev<'_>) -> Result<(u64, u64), CliError> {
-    let who = s.who;
+    let who = s.who.clone();
     s.c.precopy_info()
         .map_err(|e| client_failure(format!("{who}: reading MIG_PRECOPY_INFO"), e))
 }
@@ -708,6 +708,12 @@ mod tests {
         }
         fn chunk(&self) -> usize {
             self.0.chunk()
+        }
+        fn region_read(&mut self, i: u32, off: u64, buf: &mut [u8]) -> Result<(), EpError> {
+            Endpoint::region_read(&mut self.0, i, off, buf)
+        }
+        fn region_size(&mut self, i: u32) -> Result<u64, EpError> {
+            Endpoint::region_size(&mut self.0, i)
         }
     }
 

@@ -1,0 +1,797 @@
+//! Migration between hosts: `xe-vfio migrate --from DEV[,DEV…] --to tcp://HOST:PORT` on the
+//! source and `xe-vfio receive --listen ADDR:PORT --to DEV[,DEV…]` on the destination, speaking
+//! mig-net's protocol (docs/NETWORK.md) over one connection: TLS with x509 certificates checked
+//! both ways (rustls), or plain TCP only with `--insecure`.
+//!
+//! A group of VFs moves as one: the destination checks every VF's identity before the source
+//! stops any; the source walks all of them to RUNNING_P2P before any goes on to STOP_COPY, and
+//! the destination brings all to RUNNING_P2P before any reaches RUNNING (devices without P2P
+//! skip that state, as the kernel's table does). The streams are interleaved on the connection,
+//! one DATA frame per read of each VF in turn. Any failure aborts the group: every source VF
+//! back to RUNNING with its state, every destination VF reset and reported.
+
+use crate::endpoint::Endpoint;
+use crate::ops::Dev;
+use crate::util::{human, CliError, Context};
+use mig_net::{kind, ErrorMsg, Header, Hello, VfInfo, HEADER_LEN, MAX_CONTROL, MAX_DATA};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use serde::Serialize;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vfio_core::{DeviceState, Errno, MigrationFlags};
+
+/// The certificate, key and CA of one side.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// How the connection is protected.
+#[derive(Debug, Clone)]
+pub enum Security {
+    Tls(TlsFiles),
+    /// Plain TCP: said on every run.
+    Insecure,
+}
+
+impl Security {
+    /// From the command line: all three TLS files, or `--insecure`, never a mix.
+    pub fn from_args(
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        ca: Option<PathBuf>,
+        insecure: bool,
+    ) -> Result<Security, CliError> {
+        match (cert, key, ca, insecure) {
+            (None, None, None, true) => Ok(Security::Insecure),
+            (Some(cert), Some(key), Some(ca), false) => Ok(Security::Tls(TlsFiles { cert, key, ca })),
+            (_, _, _, true) => Err(CliError::new("--insecure and --tls-* do not go together")),
+            _ => Err(CliError::new("a migration between hosts needs --tls-cert, --tls-key and --tls-ca")
+                .hint("make them with the openssl commands in the README ('Migrate between hosts'), or pass --insecure for plain TCP on a trusted network")),
+        }
+    }
+
+    fn warn(&self) {
+        if matches!(self, Security::Insecure) {
+            eprintln!(
+                "xe-vfio: WARNING: --insecure: the VFs' state crosses the network unencrypted, \
+                 and the peer is not authenticated"
+            );
+        }
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs(p: &PathBuf) -> Result<Vec<CertificateDer<'static>>, CliError> {
+    let v: Vec<_> = CertificateDer::pem_file_iter(p)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            CliError::new(format!("reading certificates from {}", p.display())).cause(e)
+        })?;
+    if v.is_empty() {
+        return Err(CliError::new(format!(
+            "{}: no PEM certificate in it",
+            p.display()
+        )));
+    }
+    Ok(v)
+}
+
+fn key(p: &PathBuf) -> Result<PrivateKeyDer<'static>, CliError> {
+    PrivateKeyDer::from_pem_file(p)
+        .map_err(|e| CliError::new(format!("reading the private key {}", p.display())).cause(e))
+}
+
+fn roots(p: &PathBuf) -> Result<Arc<RootCertStore>, CliError> {
+    let mut r = RootCertStore::empty();
+    for c in certs(p)? {
+        r.add(c).map_err(|e| {
+            CliError::new(format!("{}: not a usable CA certificate", p.display())).cause(e)
+        })?;
+    }
+    Ok(Arc::new(r))
+}
+
+fn tls_err(what: String) -> impl FnOnce(rustls::Error) -> CliError {
+    move |e| CliError::new(what).cause(e)
+}
+
+fn client_config(f: &TlsFiles) -> Result<Arc<ClientConfig>, CliError> {
+    let c = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err("TLS setup".into()))?
+        .with_root_certificates(roots(&f.ca)?)
+        .with_client_auth_cert(certs(&f.cert)?, key(&f.key)?)
+        .map_err(tls_err(format!(
+            "{} and {}",
+            f.cert.display(),
+            f.key.display()
+        )))?;
+    Ok(Arc::new(c))
+}
+
+fn server_config(f: &TlsFiles) -> Result<Arc<ServerConfig>, CliError> {
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots(&f.ca)?, provider())
+            .build()
+            .map_err(|e| CliError::new(format!("{}: client verifier", f.ca.display())).cause(e))?;
+    let c = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err("TLS setup".into()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs(&f.cert)?, key(&f.key)?)
+        .map_err(tls_err(format!(
+            "{} and {}",
+            f.cert.display(),
+            f.key.display()
+        )))?;
+    Ok(Arc::new(c))
+}
+
+/// Either side's connection.
+trait Conn: Read + Write + Send {}
+impl<T: Read + Write + Send> Conn for T {}
+
+/// A connection and how it is protected ("TLS1.3 TLS13_AES_256_GCM_SHA384" or "plain TCP").
+struct Link {
+    io: Box<dyn Conn>,
+    how: String,
+}
+
+fn suite_of(c: &rustls::CommonState) -> String {
+    match (c.protocol_version(), c.negotiated_cipher_suite()) {
+        (Some(v), Some(s)) => format!("{v:?} {:?}", s.suite()),
+        _ => "TLS".into(),
+    }
+}
+
+/// Connects to `tcp://HOST:PORT` and, with TLS, completes the handshake.
+fn connect(url: &str, sec: &Security, timeout: Duration) -> Result<Link, CliError> {
+    let addr = url
+        .strip_prefix("tcp://")
+        .ok_or_else(|| CliError::new(format!("{url}: not a tcp://HOST:PORT address")))?;
+    let host = addr
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .ok_or_else(|| CliError::new(format!("{url}: no port")))?;
+    let tcp = TcpStream::connect(addr).ctx(|| format!("connecting to {addr}"))?;
+    tcp.set_nodelay(true).ctx(|| "TCP_NODELAY".into())?;
+    tcp.set_read_timeout(Some(timeout))
+        .ctx(|| "socket timeout".into())?;
+    sec.warn();
+    match sec {
+        Security::Insecure => Ok(Link {
+            io: Box::new(tcp),
+            how: "plain TCP (--insecure)".into(),
+        }),
+        Security::Tls(f) => {
+            let name = ServerName::try_from(host.to_string())
+                .map_err(|e| CliError::new(format!("{host}: not a server name")).cause(e))?;
+            let conn = rustls::ClientConnection::new(client_config(f)?, name)
+                .map_err(tls_err("TLS setup".into()))?;
+            let mut s = rustls::StreamOwned::new(conn, tcp);
+            while s.conn.is_handshaking() {
+                s.conn.complete_io(&mut s.sock).map_err(|e| {
+                    CliError::new(format!("TLS handshake with {addr}"))
+                        .cause(e)
+                        .hint(format!("the destination's certificate must chain to {} and name {host}; ours must chain to the destination's CA", f.ca.display()))
+                })?;
+            }
+            let how = suite_of(&s.conn);
+            Ok(Link {
+                io: Box::new(s),
+                how,
+            })
+        }
+    }
+}
+
+fn send(w: &mut dyn Conn, kind: u8, vf: u16, payload: &[u8]) -> io::Result<()> {
+    let h = Header {
+        kind,
+        vf,
+        len: payload.len() as u32,
+    };
+    w.write_all(&h.emit())?;
+    w.write_all(payload)
+}
+
+/// A protocol failure: what broke, as a tool's error.
+fn proto(what: impl Into<String>) -> CliError {
+    CliError::new(what)
+}
+
+fn recv_header(r: &mut dyn Conn) -> Result<Header, CliError> {
+    let mut h = [0u8; HEADER_LEN];
+    r.read_exact(&mut h).map_err(|e| {
+        let what = if matches!(
+            e.kind(),
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+        ) {
+            "the peer closed the connection".to_string()
+        } else {
+            format!("reading from the peer: {e}")
+        };
+        proto(what)
+    })?;
+    Header::parse(&h).map_err(|e| proto("a malformed frame from the peer").cause(e))
+}
+
+/// A control frame: its header and payload (at most [`MAX_CONTROL`] bytes, checked by the
+/// header's parse before anything is allocated).
+fn recv_control(r: &mut dyn Conn) -> Result<(Header, Vec<u8>), CliError> {
+    let h = recv_header(r)?;
+    if h.kind == kind::DATA {
+        return Err(proto("a DATA frame where a control frame was due"));
+    }
+    debug_assert!(h.len <= MAX_CONTROL);
+    let mut p = vec![0u8; h.len as usize];
+    r.read_exact(&mut p)
+        .map_err(|e| proto(format!("reading a frame from the peer: {e}")))?;
+    Ok((h, p))
+}
+
+/// An ERROR frame from the peer as our error.
+fn peer_error(p: &[u8]) -> CliError {
+    match ErrorMsg::parse(p) {
+        Ok(m) => {
+            let mut e = CliError::new(format!("the peer: {}", m.message));
+            if m.errno != 0 {
+                e.errno = Some(Errno::new(m.errno));
+            }
+            e
+        }
+        Err(e) => proto("the peer sent a malformed ERROR frame").cause(e),
+    }
+}
+
+fn send_error(w: &mut dyn Conn, e: &CliError) {
+    // The errno travels as a number; the message is what failed (and why, if no errno says).
+    let message = match (&e.cause, e.errno) {
+        (Some(c), None) => format!("{}: {c}", e.what),
+        _ => e.what.clone(),
+    };
+    let m = ErrorMsg {
+        errno: e.errno.map_or(0, |e| e.raw()),
+        message,
+    };
+    let _ = send(w, kind::ERROR, 0, &m.emit()).and_then(|()| w.flush());
+}
+
+/// What a host-to-host migration did.
+#[derive(Debug, Serialize)]
+pub struct RemoteReport {
+    pub destination: String,
+    pub transport: String,
+    pub vfs: Vec<RemoteVf>,
+    pub bytes: u64,
+    /// From the first source VF leaving RUNNING to the destination's RESULT (all RUNNING).
+    pub group_downtime_ms: f64,
+    pub total_seconds: f64,
+    pub throughput_mib_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RemoteVf {
+    pub source: String,
+    pub bytes: u64,
+    /// From this VF leaving RUNNING to the destination's RESULT.
+    pub downtime_ms: f64,
+    pub destination_state: String,
+}
+
+/// A write that failed right after the handshake: with TLS 1.3 the destination checks our
+/// certificate after we think the handshake is done, and says why it refuses in an alert that
+/// is still to be read.
+fn after_handshake(io: &mut dyn Conn, e: io::Error, url: &str) -> CliError {
+    let mut b = [0u8; 1];
+    let cause = match io.read(&mut b) {
+        Err(r) if r.to_string().contains("alert") => r.to_string(),
+        _ => e.to_string(),
+    };
+    CliError::new(format!("{url} closed the connection after the TLS handshake"))
+        .cause(cause)
+        .hint("the destination did not accept this side's certificate (signed by another CA? expired?), or it is busy; nothing was stopped")
+}
+
+/// The source side. `names` are how the user named `srcs`.
+pub fn migrate_remote(
+    srcs: &mut [Box<dyn Endpoint>],
+    names: &[String],
+    url: &str,
+    sec: &Security,
+    timeout: Duration,
+) -> Result<RemoteReport, CliError> {
+    let start = Instant::now();
+    let mut devs = Vec::new();
+    for (c, n) in srcs.iter_mut().zip(names) {
+        let d = Dev::open(&mut **c, &format!("source {n}"))?;
+        if d.state != DeviceState::Running {
+            return Err(
+                CliError::new(format!("{}: in {}, not RUNNING", d.who, d.state))
+                    .hint("reset the device, or let a running migration finish"),
+            );
+        }
+        devs.push(d);
+    }
+    let mut vfs = Vec::new();
+    for d in &mut devs {
+        let who = d.who.clone();
+        vfs.push(
+            d.c.identity()
+                .ctx(|| format!("{who}: reading its identity"))?,
+        );
+    }
+    let mut link = connect(url, sec, timeout)?;
+    let io = &mut *link.io;
+    let hello = Hello {
+        version: mig_net::VERSION,
+        flags: 0,
+        vfs,
+    };
+    if let Err(e) = send(io, kind::HELLO, 0, &hello.emit()).and_then(|()| io.flush()) {
+        return Err(after_handshake(io, e, url));
+    }
+    let (h, p) = recv_control(io).map_err(|e| {
+        let e = e.context(&format!("{url}: waiting for ACCEPT"));
+        let why = if matches!(sec, Security::Insecure) {
+            "is the destination busy with another migration, or expecting TLS (this side sent plain TCP)?"
+        } else {
+            "is the destination busy with another migration?"
+        };
+        e.hint(format!("nothing was stopped: every source VF is RUNNING, untouched; {why}"))
+    })?;
+    match h.kind {
+        kind::ACCEPT => {}
+        kind::ERROR => {
+            return Err(peer_error(&p)
+                .context(&format!("{url} refused the migration"))
+                .hint("nothing was stopped: every source VF is RUNNING, untouched"));
+        }
+        k => return Err(proto(format!("{url}: frame kind {k} where ACCEPT was due"))),
+    }
+    let mut stopped = vec![None; devs.len()];
+    let r = switch_and_send(&mut devs, io, &mut stopped);
+    let (totals, states) = match r {
+        Ok(v) => v,
+        Err(mut e) => {
+            send_error(io, &e);
+            let notes: Vec<String> = devs.iter_mut().map(|d| d.resume_source(true)).collect();
+            e.hint = Some(format!(
+                "the migration was aborted; {}; the destination resets its VFs",
+                notes.join("; ")
+            ));
+            return Err(e);
+        }
+    };
+    let done = Instant::now();
+    let first = stopped.iter().flatten().min().copied().unwrap_or(done);
+    let bytes: u64 = totals.iter().sum();
+    let vfs = devs
+        .iter()
+        .zip(&totals)
+        .zip(&stopped)
+        .zip(&states)
+        .map(|(((d, &b), s), st)| RemoteVf {
+            source: d.who.trim_start_matches("source ").to_string(),
+            bytes: b,
+            downtime_ms: s.map_or(0.0, |s| (done - s).as_secs_f64() * 1e3),
+            destination_state: DeviceState::try_from(*st)
+                .map_or(format!("{st} (not a state)"), |s| s.to_string()),
+        })
+        .collect();
+    let transfer = (done - first).as_secs_f64();
+    Ok(RemoteReport {
+        destination: url.to_string(),
+        transport: link.how,
+        vfs,
+        bytes,
+        group_downtime_ms: transfer * 1e3,
+        total_seconds: start.elapsed().as_secs_f64(),
+        throughput_mib_s: bytes as f64 / (1 << 20) as f64 / transfer.max(1e-9),
+    })
+}
+
+/// P2P first for all, then STOP_COPY for each; the streams interleaved; the destination's
+/// RESULT; the sources to STOP. Returns each VF's byte count and the destination's states.
+fn switch_and_send(
+    devs: &mut [Dev<'_>],
+    io: &mut dyn Conn,
+    stopped: &mut [Option<Instant>],
+) -> Result<(Vec<u64>, Vec<u32>), CliError> {
+    for d in devs.iter_mut() {
+        if d.flags.contains(MigrationFlags::P2P) {
+            d.walk(DeviceState::RunningP2p)?;
+        }
+    }
+    for (d, s) in devs.iter_mut().zip(stopped.iter_mut()) {
+        *s = Some(Instant::now());
+        d.walk(DeviceState::StopCopy)?;
+    }
+    let mut buf = vec![0u8; MAX_DATA as usize];
+    let mut totals = vec![0u64; devs.len()];
+    let mut ended = vec![false; devs.len()];
+    let mut short = vec![false; devs.len()];
+    while ended.iter().any(|e| !e) {
+        for (i, d) in devs.iter_mut().enumerate() {
+            if ended[i] {
+                continue;
+            }
+            let want = d.c.chunk().min(buf.len());
+            let n = match d.c.read_data(&mut buf[..want]) {
+                Ok(n) => n,
+                // Refused after a short read: the end, as over vfio-user.
+                Err(e) if short[i] && e.in_step() => 0,
+                Err(e) => {
+                    let who = d.who.clone();
+                    return Err(Err::<(), _>(e)
+                        .ctx(|| format!("{who}: reading migration data at byte {}", totals[i]))
+                        .unwrap_err());
+                }
+            };
+            let vf = i as u16;
+            if n == 0 {
+                send(io, kind::END, vf, &totals[i].to_le_bytes())
+                    .ctx(|| "sending to the destination".into())?;
+                ended[i] = true;
+                continue;
+            }
+            send(io, kind::DATA, vf, &buf[..n]).ctx(|| "sending to the destination".into())?;
+            totals[i] += n as u64;
+            short[i] = n < want;
+        }
+    }
+    io.flush().ctx(|| "sending to the destination".into())?;
+    let (h, p) = recv_control(io).map_err(|e| e.context("waiting for the destination's RESULT"))?;
+    let states = match h.kind {
+        kind::RESULT => mig_net::parse_result(&p, devs.len())
+            .map_err(|e| proto("a malformed RESULT").cause(e))?,
+        kind::ERROR => return Err(peer_error(&p).context("the destination failed")),
+        k => return Err(proto(format!("frame kind {k} where RESULT was due"))),
+    };
+    for d in devs.iter_mut() {
+        d.walk(DeviceState::Stop)?;
+    }
+    Ok((totals, states))
+}
+
+/// The destination side: listens on `listen`, takes one authenticated migration into `dsts`
+/// (named `names`), reports, and returns — or with `keep`, goes on listening.
+pub fn receive(
+    listen: &str,
+    dsts: &mut [Box<dyn Endpoint>],
+    names: &[String],
+    sec: &Security,
+    keep: bool,
+    timeout: Duration,
+    json: bool,
+) -> Result<(), CliError> {
+    let cfg = match sec {
+        Security::Tls(f) => Some(server_config(f)?),
+        Security::Insecure => None,
+    };
+    let listener = TcpListener::bind(listen).ctx(|| format!("listening on {listen}"))?;
+    let addr = listener
+        .local_addr()
+        .ctx(|| "the listening address".into())?;
+    sec.warn();
+    println!(
+        "receive: ready on {addr} for {} VF(s): {}",
+        dsts.len(),
+        names.join(", ")
+    );
+    let _ = std::io::stdout().flush();
+    loop {
+        let (tcp, peer) = listener.accept().ctx(|| format!("accepting on {addr}"))?;
+        let _ = tcp.set_nodelay(true);
+        let _ = tcp.set_read_timeout(Some(timeout));
+        let link = match &cfg {
+            None => Link {
+                io: Box::new(tcp),
+                how: "plain TCP (--insecure)".into(),
+            },
+            Some(cfg) => match server_handshake(cfg, tcp) {
+                Ok(l) => l,
+                Err(e) => {
+                    // Nothing reached a VF: wait for the next peer.
+                    eprintln!("receive: refused {peer}: {e}");
+                    continue;
+                }
+            },
+        };
+        eprintln!("receive: {peer} connected ({})", link.how);
+        // One migration at a time: while this one runs, other peers are turned away.
+        let busy = Refuser::start(&listener)?;
+        let r = receive_one(link, dsts, names);
+        busy.stop(&listener)?;
+        match r {
+            Ok(rep) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&rep).unwrap_or_default());
+                } else {
+                    println!(
+                        "received {} from {peer} into {} VF(s) in {:.3} s ({}): {}",
+                        human(rep.bytes),
+                        rep.states.len(),
+                        rep.seconds,
+                        rep.transport,
+                        rep.states.join(", ")
+                    );
+                }
+                if !keep {
+                    return Ok(());
+                }
+            }
+            Err(e) if keep => eprintln!("xe-vfio: {e}"),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn server_handshake(cfg: &Arc<ServerConfig>, tcp: TcpStream) -> Result<Link, CliError> {
+    let conn = rustls::ServerConnection::new(cfg.clone()).map_err(tls_err("TLS setup".into()))?;
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    while s.conn.is_handshaking() {
+        s.conn
+            .complete_io(&mut s.sock)
+            .map_err(|e| CliError::new("TLS handshake").cause(e))?;
+    }
+    let how = suite_of(&s.conn);
+    Ok(Link {
+        io: Box::new(s),
+        how,
+    })
+}
+
+/// Turns away every connection while a migration runs.
+struct Refuser {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Refuser {
+    fn start(listener: &TcpListener) -> Result<Refuser, CliError> {
+        let l = listener.try_clone().ctx(|| "the listening socket".into())?;
+        l.set_nonblocking(true)
+            .ctx(|| "the listening socket".into())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, peer)) => {
+                        eprintln!("receive: turned {peer} away: a migration is in progress");
+                        drop(s);
+                    }
+                    // Nothing waiting: look again shortly (a poll, not a synchronisation).
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Ok(Refuser { stop, thread })
+    }
+
+    fn stop(self, listener: &TcpListener) -> Result<(), CliError> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        listener
+            .set_nonblocking(false)
+            .ctx(|| "the listening socket".into())
+    }
+}
+
+/// What the destination reports.
+#[derive(Debug, Serialize)]
+pub struct ReceiveReport {
+    pub transport: String,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub states: Vec<String>,
+}
+
+fn receive_one(
+    mut link: Link,
+    dsts: &mut [Box<dyn Endpoint>],
+    names: &[String],
+) -> Result<ReceiveReport, CliError> {
+    let t = Instant::now();
+    let io = &mut *link.io;
+    let (h, p) = recv_control(io).map_err(|e| e.context("waiting for HELLO"))?;
+    if h.kind != kind::HELLO {
+        let e = proto(format!("frame kind {} where HELLO was due", h.kind));
+        send_error(io, &e);
+        return Err(e);
+    }
+    let hello = match Hello::parse(&p) {
+        Ok(h) => h,
+        Err(w) => {
+            let e = proto("a malformed HELLO").cause(w);
+            send_error(io, &e);
+            return Err(e);
+        }
+    };
+    let mut devs = Vec::new();
+    let checked = open_checked(dsts, names, &hello, &mut devs);
+    if let Err(mut e) = checked {
+        send_error(io, &e);
+        let notes: Vec<String> = devs
+            .iter_mut()
+            .filter(|d| d.state != DeviceState::Running)
+            .map(|d| d.reset_destination(true))
+            .collect();
+        if !notes.is_empty() {
+            e.hint = Some(notes.join("; "));
+        }
+        return Err(e.context("refused the migration"));
+    }
+    let r = (|| {
+        send(io, kind::ACCEPT, 0, &[])
+            .and_then(|()| io.flush())
+            .ctx(|| "sending ACCEPT".into())?;
+        let bytes = take_streams(&mut devs, io)?;
+        // P2P first for all, then RUNNING for each.
+        for d in devs.iter_mut() {
+            let mid = if d.flags.contains(MigrationFlags::P2P) {
+                DeviceState::RunningP2p
+            } else {
+                DeviceState::Stop
+            };
+            let who = d.who.clone();
+            d.walk(mid)
+                .map_err(|e| e.context(&format!("{who}: validating the stream")))?;
+        }
+        for d in devs.iter_mut() {
+            d.walk(DeviceState::Running)?;
+        }
+        let states: Vec<u32> = devs.iter().map(|d| d.state as u32).collect();
+        send(io, kind::RESULT, 0, &mig_net::emit_result(&states))
+            .and_then(|()| io.flush())
+            .ctx(|| "sending RESULT".into())?;
+        Ok(bytes)
+    })();
+    match r {
+        Ok(bytes) => Ok(ReceiveReport {
+            transport: link.how.clone(),
+            bytes,
+            seconds: t.elapsed().as_secs_f64(),
+            states: devs.iter().map(|d| d.state.to_string()).collect(),
+        }),
+        Err(mut e) => {
+            send_error(io, &e);
+            let notes: Vec<String> = devs.iter_mut().map(|d| d.reset_destination(true)).collect();
+            e.hint = Some(format!("the migration was aborted; {}", notes.join("; ")));
+            Err(e)
+        }
+    }
+}
+
+/// Opens the destination VFs into `devs`, checks each against the HELLO, and walks them to
+/// RESUMING.
+fn open_checked<'a>(
+    dsts: &'a mut [Box<dyn Endpoint>],
+    names: &[String],
+    hello: &Hello,
+    devs: &mut Vec<Dev<'a>>,
+) -> Result<(), CliError> {
+    if hello.vfs.len() != dsts.len() {
+        let mut e = CliError::new(format!(
+            "{} VF(s) offered, {} here ({})",
+            hello.vfs.len(),
+            dsts.len(),
+            names.join(", ")
+        ));
+        e.errno = Some(Errno::ENODEV);
+        return Err(e);
+    }
+    for ((c, n), want) in dsts.iter_mut().zip(names).zip(&hello.vfs) {
+        let d = Dev::open(&mut **c, &format!("destination {n}"))?;
+        devs.push(d);
+        let d = devs.last_mut().expect("just pushed");
+        let who = d.who.clone();
+        let have =
+            d.c.identity()
+                .ctx(|| format!("{who}: reading its identity"))?;
+        check_identity(&who, want, &have)?;
+        if d.state != DeviceState::Running {
+            return Err(CliError::new(format!("{who}: in {}, not RUNNING", d.state)));
+        }
+    }
+    for d in devs.iter_mut() {
+        d.walk(DeviceState::Resuming)?;
+    }
+    Ok(())
+}
+
+/// The destination VF must be the same device as the source's.
+fn check_identity(who: &str, want: &VfInfo, have: &VfInfo) -> Result<(), CliError> {
+    let differ = |what: &str, a: String, b: String| {
+        let mut e = CliError::new(format!("{who}: {what} {b} here, {a} on the source"));
+        e.errno = Some(Errno::ENODEV);
+        Err(e)
+    };
+    if (want.vendor, want.device) != (have.vendor, have.device) {
+        return differ(
+            "device",
+            format!("{:04x}:{:04x}", want.vendor, want.device),
+            format!("{:04x}:{:04x}", have.vendor, have.device),
+        );
+    }
+    if want.revision != have.revision {
+        return differ(
+            "revision",
+            format!("{:#04x}", want.revision),
+            format!("{:#04x}", have.revision),
+        );
+    }
+    if want.bar2 != have.bar2 {
+        return differ("BAR2 (LMEM)", human(want.bar2), human(have.bar2));
+    }
+    if have.mig_flags & MigrationFlags::STOP_COPY.bits() as u32 == 0 {
+        return differ(
+            "migration flags",
+            format!("{:#x}", want.mig_flags),
+            format!("{:#x}", have.mig_flags),
+        );
+    }
+    Ok(())
+}
+
+/// DATA frames into each VF until every VF's END; returns the bytes written.
+fn take_streams(devs: &mut [Dev<'_>], io: &mut dyn Conn) -> Result<u64, CliError> {
+    let mut buf = vec![0u8; MAX_DATA as usize];
+    let mut totals = vec![0u64; devs.len()];
+    let mut ended = vec![false; devs.len()];
+    while ended.iter().any(|e| !e) {
+        let h = recv_header(io).map_err(|e| e.context("receiving the streams"))?;
+        let vf = usize::from(h.vf);
+        if h.kind == kind::ERROR {
+            let mut p = vec![0u8; h.len as usize];
+            io.read_exact(&mut p)
+                .ctx(|| "reading the source's ERROR".into())?;
+            return Err(peer_error(&p).context("the source aborted"));
+        }
+        if vf >= devs.len() || ended[vf] {
+            return Err(proto(format!(
+                "a frame for VF {vf}, which is not (or no longer) in this migration"
+            )));
+        }
+        match h.kind {
+            kind::DATA => {
+                let p = &mut buf[..h.len as usize];
+                io.read_exact(p).ctx(|| "receiving the streams".into())?;
+                let d = &mut devs[vf];
+                let who = d.who.clone();
+                d.c.write_data(p)
+                    .ctx(|| format!("{who}: writing migration data at byte {}", totals[vf]))?;
+                totals[vf] += u64::from(h.len);
+            }
+            kind::END => {
+                let mut p = vec![0u8; h.len as usize];
+                io.read_exact(&mut p)
+                    .ctx(|| "receiving the streams".into())?;
+                let total =
+                    mig_net::parse_end(&p).map_err(|e| proto("a malformed END").cause(e))?;
+                if total != totals[vf] {
+                    return Err(proto(format!(
+                        "VF {vf}: the source sent {total} bytes, {} arrived",
+                        totals[vf]
+                    )));
+                }
+                ended[vf] = true;
+            }
+            k => return Err(proto(format!("frame kind {k} in the streams"))),
+        }
+    }
+    Ok(totals.iter().sum())
+}

@@ -1,0 +1,473 @@
+//! Migration between hosts: `xe-vfio migrate --to tcp://…` and `xe-vfio receive` (two
+//! processes), over loopback TCP with mutual TLS (certificates made here with rcgen), between
+//! two emulated hosts in this process; and every refusal and abort: wrong CA, expired
+//! certificate, no client certificate, a second connection, a peer that drops mid-stream, a
+//! destination whose VFs do not match.
+
+mod common;
+use common::{host, xe_vfio, Host};
+use mig_net::{kind, Header, Hello, VfInfo};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use vfio_core::DeviceState;
+use vfio_user::Client;
+use xe_guest::{DirectAccess, GuestAccess, Workload};
+use xe_pf::hw::{self as vf, VfHw};
+use xe_pf::Platform;
+
+const MIB: u64 = 1 << 20;
+
+/// A CA and the certificates it signs, as PEM files in `dir`.
+struct Pki {
+    dir: PathBuf,
+    ca: Issuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new(dir: &Path, name: &str) -> Pki {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        let key = KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        std::fs::write(dir.join(format!("{name}-ca.pem")), cert.pem()).unwrap();
+        Pki {
+            dir: dir.to_path_buf(),
+            ca: Issuer::new(p, key),
+        }
+    }
+
+    /// A certificate for 127.0.0.1 (server and client use), valid now unless `expired`.
+    /// Returns (cert, key) paths.
+    fn issue(&self, name: &str, expired: bool) -> (String, String) {
+        let mut p =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        if expired {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.ca).unwrap();
+        let (c, k) = (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c.display().to_string(), k.display().to_string())
+    }
+
+    fn ca_path(&self, name: &str) -> String {
+        self.dir
+            .join(format!("{name}-ca.pem"))
+            .display()
+            .to_string()
+    }
+}
+
+/// A `xe-vfio receive` child, listening on a loopback port of its choosing.
+struct Receive {
+    child: Child,
+    addr: String,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Receive {
+    fn start(to: &[&Path], args: &[&str]) -> Receive {
+        let to: Vec<String> = to.iter().map(|p| p.display().to_string()).collect();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_xe-vfio"))
+            .args(["receive", "--listen", "127.0.0.1:0", "--to", &to.join(",")])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let addr = line
+            .split_whitespace()
+            .skip_while(|w| *w != "on")
+            .nth(1)
+            .unwrap_or_else(|| panic!("receive did not say where it listens: {line:?}"))
+            .to_string();
+        Receive { child, addr, out }
+    }
+
+    fn url(&self) -> String {
+        format!("tcp://{}", self.addr)
+    }
+
+    /// Waits for the end; returns (success, stdout rest, stderr).
+    fn finish(mut self) -> (bool, String, String) {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut self.out, &mut rest);
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        let st = self.child.wait().unwrap();
+        (st.success(), rest, err)
+    }
+}
+
+impl Drop for Receive {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pattern(n: usize, seed: u32) -> Vec<u8> {
+    (0..n as u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 ^ seed as u8)
+        .collect()
+}
+
+fn lmem(hw: &VfHw) -> Vec<u8> {
+    let mut v = vec![0u8; hw.lmem_size() as usize];
+    hw.lmem().unwrap().read(0, &mut v).unwrap();
+    v
+}
+
+fn state(sock: &Path) -> DeviceState {
+    Client::connect(sock).unwrap().device_state().unwrap()
+}
+
+#[test]
+fn a_busy_group_of_three_vfs_moves_between_hosts_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "site");
+    let (dc, dk) = pki.issue("dst", false);
+    let (sc, sk) = pki.issue("src", false);
+    let ca = pki.ca_path("site");
+    let a = host(&dir.path().join("a"), Platform::Bmg, 3, 16 * MIB);
+    let b = host(&dir.path().join("b"), Platform::Bmg, 3, 16 * MIB);
+    let hw = |h: &Host, i: u32| h.pf.vf(i).unwrap().hw.clone();
+    // VF1 busy: its ring full of jobs when the group stops. VF2, VF3: data and a register.
+    let mut w = Workload::setup(DirectAccess(hw(&a, 1)), true, 64 << 10, 4 << 20, 0x7c9).unwrap();
+    w.submit_random(50).unwrap();
+    w.wait_idle(Duration::from_secs(20)).unwrap();
+    for _ in 0..(64 << 10) / vf::JOB_SIZE - 1 {
+        let j = w.random_job();
+        w.queue(j).unwrap();
+    }
+    w.doorbell().unwrap();
+    for i in 2..=3 {
+        hw(&a, i)
+            .lmem()
+            .unwrap()
+            .write(0, &pattern(16 << 20, i))
+            .unwrap();
+        DirectAccess(hw(&a, i))
+            .mmio_write32(vf::med_vf_sw_flag(0), 0xfeed_0000 + i)
+            .unwrap();
+    }
+    let r = Receive::start(
+        &[&b.sockets[0], &b.sockets[1], &b.sockets[2]],
+        &[
+            "--tls-cert",
+            &dc,
+            "--tls-key",
+            &dk,
+            "--tls-ca",
+            &ca,
+            "--json",
+        ],
+    );
+    let from: Vec<String> = a.sockets.iter().map(|p| p.display().to_string()).collect();
+    let out = xe_vfio(&[
+        "migrate",
+        "--from",
+        &from.join(","),
+        "--to",
+        &r.url(),
+        "--tls-cert",
+        &sc,
+        "--tls-key",
+        &sk,
+        "--tls-ca",
+        &ca,
+        "--json",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(rep["transport"].as_str().unwrap().contains("TLS"), "{rep}");
+    assert_eq!(rep["vfs"].as_array().unwrap().len(), 3);
+    for v in rep["vfs"].as_array().unwrap() {
+        assert_eq!(v["destination_state"], "RUNNING", "{rep}");
+        assert!(v["downtime_ms"].as_f64().unwrap() <= rep["group_downtime_ms"].as_f64().unwrap());
+    }
+    let (ok, rout, rerr) = r.finish();
+    assert!(ok, "{rerr}");
+    let rr: serde_json::Value = serde_json::from_str(&rout).unwrap();
+    assert_eq!(
+        rr["states"],
+        serde_json::json!(["RUNNING", "RUNNING", "RUNNING"])
+    );
+    assert!(
+        !err.contains("WARNING"),
+        "TLS runs say nothing of --insecure"
+    );
+
+    // Bit for bit: VF2, VF3 whole; VF1's queued jobs complete on the destination after the
+    // fixups and its data equals the guest's model.
+    for i in 2..=3 {
+        assert!(lmem(&hw(&b, i)) == pattern(16 << 20, i), "VF{i} LMEM");
+        assert_eq!(
+            DirectAccess(hw(&b, i))
+                .mmio_read32(vf::med_vf_sw_flag(0))
+                .unwrap(),
+            0xfeed_0000 + i
+        );
+    }
+    w.set_access(DirectAccess(hw(&b, 1)));
+    w.fixups().unwrap();
+    w.wait_idle(Duration::from_secs(60)).unwrap();
+    w.verify().unwrap();
+    // (The sources were left in STOP; the migration's connections have closed since, and this
+    // emulator walks a closed device back to RUNNING.)
+    assert_eq!(state(&a.sockets[1]), DeviceState::Running);
+}
+
+/// Every refusal happens before a byte reaches a VF, and leaves the source RUNNING with its
+/// data; the destination keeps listening (`--keep`) and takes a good migration afterwards.
+#[test]
+fn wrong_ca_expired_or_missing_certificates_and_mismatched_vfs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = Pki::new(dir.path(), "site");
+    let other = Pki::new(dir.path(), "other");
+    let (dc, dk) = site.issue("dst", false);
+    let (sc, sk) = site.issue("src", false);
+    let (xc, xk) = other.issue("src-other", false);
+    let (oc, ok) = site.issue("src-expired", true);
+    let (ca, other_ca) = (site.ca_path("site"), other.ca_path("other"));
+    let a = host(&dir.path().join("a"), Platform::Bmg, 1, 8 * MIB);
+    let b = host(&dir.path().join("b"), Platform::Bmg, 1, 8 * MIB);
+    let c = host(&dir.path().join("c"), Platform::Bmg, 1, 16 * MIB);
+    let data = pattern(8 << 20, 5);
+    a.pf.vf(1)
+        .unwrap()
+        .hw
+        .lmem()
+        .unwrap()
+        .write(0, &data)
+        .unwrap();
+    let src = a.sockets[0].display().to_string();
+    let tls = [
+        "--tls-cert",
+        &dc,
+        "--tls-key",
+        &dk,
+        "--tls-ca",
+        &ca,
+        "--keep",
+    ];
+    let r = Receive::start(&[&b.sockets[0]], &tls);
+    let migrate = |cert: &str, key: &str, ca: &str, url: &str| {
+        let out = xe_vfio(&[
+            "migrate",
+            "--from",
+            &src,
+            "--to",
+            url,
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+            "--tls-ca",
+            ca,
+        ]);
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    // (`receive` holds the destination's socket: its VF is checked through the PF.)
+    let b_before = lmem(&b.pf.vf(1).unwrap().hw);
+    let untouched = |what: &str| {
+        assert_eq!(state(&a.sockets[0]), DeviceState::Running, "{what}: source");
+        assert!(lmem(&a.pf.vf(1).unwrap().hw) == data, "{what}: source LMEM");
+        assert!(
+            lmem(&b.pf.vf(1).unwrap().hw) == b_before,
+            "{what}: destination LMEM"
+        );
+    };
+    // We do not trust the destination's CA.
+    let e = migrate(&sc, &sk, &other_ca, &r.url());
+    assert!(
+        e.contains("TLS handshake") && e.contains("UnknownIssuer"),
+        "{e}"
+    );
+    untouched("wrong CA here");
+    // The destination does not trust ours.
+    // (TLS 1.3: the destination judges our certificate after our side of the handshake is
+    // done; its alert arrives on the next read, or the write after it finds the connection
+    // closed.)
+    let refused = |e: &str, alert: &str| {
+        assert!(
+            e.contains(alert) || e.contains("closed the connection"),
+            "{e}"
+        );
+        assert!(e.contains("nothing was stopped"), "{e}");
+    };
+    let e = migrate(&xc, &xk, &ca, &r.url());
+    refused(&e, "UnknownCA");
+    untouched("wrong CA there");
+    // An expired certificate.
+    let e = migrate(&oc, &ok, &ca, &r.url());
+    refused(&e, "CertificateExpired");
+    untouched("expired certificate");
+    // No client certificate at all: a TLS client that presents none.
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(cfg), "127.0.0.1".try_into().unwrap())
+            .unwrap();
+    let mut tcp = TcpStream::connect(&r.addr).unwrap();
+    let mut refused = false;
+    // The server asks for a certificate and, getting none, ends the handshake (TLS 1.3: the
+    // client learns it on its first read).
+    for _ in 0..10 {
+        match conn.complete_io(&mut tcp) {
+            Err(_) => {
+                refused = true;
+                break;
+            }
+            Ok((0, 0)) if !conn.is_handshaking() => {
+                let mut b = [0u8; 1];
+                let mut s = rustls::Stream::new(&mut conn, &mut tcp);
+                refused = !matches!(std::io::Read::read(&mut s, &mut b), Ok(n) if n > 0);
+                break;
+            }
+            Ok(_) => {}
+        }
+    }
+    assert!(refused, "a client without a certificate was let in");
+    drop(tcp);
+    untouched("no client certificate");
+
+    // VFs that do not match: an LMEM of another size (the destination checks before ACCEPT).
+    let rc = Receive::start(&[&c.sockets[0]], &tls[..6]);
+    let e = migrate(&sc, &sk, &ca, &rc.url());
+    assert!(e.contains("refused the migration"), "{e}");
+    assert!(
+        e.contains("BAR2 (LMEM) 16.0 MiB here, 8.0 MiB on the source"),
+        "{e}"
+    );
+    assert!(e.contains("every source VF is RUNNING"), "{e}");
+    untouched("mismatched VFs");
+    let (ok_c, _, cerr) = rc.finish();
+    assert!(!ok_c && cerr.contains("refused the migration"), "{cerr}");
+    assert_eq!(state(&c.sockets[0]), DeviceState::Running);
+
+    // Still listening, and a good migration goes through.
+    let out = xe_vfio(&[
+        "migrate",
+        "--from",
+        &src,
+        "--to",
+        &r.url(),
+        "--tls-cert",
+        &sc,
+        "--tls-key",
+        &sk,
+        "--tls-ca",
+        &ca,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(lmem(&b.pf.vf(1).unwrap().hw) == data);
+    drop(r);
+}
+
+/// While a migration runs, another peer is turned away (and its source keeps running); a peer
+/// that drops mid-stream leaves the destination reset and RUNNING, and `receive` says so.
+#[test]
+fn a_second_peer_is_turned_away_and_a_dropped_peer_leaves_the_destination_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = host(&dir.path().join("a"), Platform::Bmg, 1, 8 * MIB);
+    let b = host(&dir.path().join("b"), Platform::Bmg, 1, 8 * MIB);
+    a.pf.vf(1)
+        .unwrap()
+        .hw
+        .lmem()
+        .unwrap()
+        .write(0, &pattern(8 << 20, 9))
+        .unwrap();
+    let src = a.sockets[0].display().to_string();
+    // A real stream to send part of, and the identity the destination expects.
+    let file = dir.path().join("a.xe");
+    let out = xe_vfio(&["save", "--from", &src, "-o", file.to_str().unwrap()]);
+    assert!(out.status.success());
+    let stream = std::fs::read(&file).unwrap();
+    let id = VfInfo {
+        vendor: 0x8086,
+        device: a.pf.device_id(),
+        revision: a.pf.revision(),
+        mig_flags: 0x3,
+        bar2: 8 * MIB,
+    };
+    let r = Receive::start(&[&b.sockets[0]], &["--insecure"]);
+    let mut fake = TcpStream::connect(&r.addr).unwrap();
+    let hello = Hello {
+        version: mig_net::VERSION,
+        flags: 0,
+        vfs: vec![id],
+    }
+    .emit();
+    let h = Header {
+        kind: kind::HELLO,
+        vf: 0,
+        len: hello.len() as u32,
+    };
+    fake.write_all(&h.emit()).unwrap();
+    fake.write_all(&hello).unwrap();
+    let mut ack = [0u8; mig_net::HEADER_LEN];
+    std::io::Read::read_exact(&mut fake, &mut ack).unwrap();
+    assert_eq!(Header::parse(&ack).unwrap().kind, kind::ACCEPT);
+
+    // A second source while this one runs: turned away, untouched.
+    let out = xe_vfio(&["migrate", "--from", &src, "--to", &r.url(), "--insecure"]);
+    let e = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success());
+    assert!(
+        e.contains("closed the connection") && e.contains("nothing was stopped"),
+        "{e}"
+    );
+    assert_eq!(state(&a.sockets[0]), DeviceState::Running);
+
+    // The first peer sends 1 MiB of its stream and vanishes.
+    let d = Header {
+        kind: kind::DATA,
+        vf: 0,
+        len: MIB as u32,
+    };
+    fake.write_all(&d.emit()).unwrap();
+    fake.write_all(&stream[..MIB as usize]).unwrap();
+    drop(fake);
+    let (ok, _, err) = r.finish();
+    assert!(!ok);
+    assert!(err.contains("the peer closed the connection"), "{err}");
+    assert!(err.contains("was reset and is RUNNING"), "{err}");
+    assert!(err.contains("turned 127.0.0.1"), "{err}");
+    assert_eq!(state(&b.sockets[0]), DeviceState::Running);
+}

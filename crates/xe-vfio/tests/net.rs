@@ -1,8 +1,13 @@
 //! Migration between hosts: `xe-vfio migrate --to tcp://…` and `xe-vfio receive` (two
-//! processes), over loopback TCP with mutual TLS (certificates made here with rcgen), between
-//! two emulated hosts in this process; and every refusal and abort: wrong CA, expired
+//! processes), each in its own network namespace — two namespaces joined by a veth pair stand
+//! for the two hosts — with mutual TLS (certificates made here with rcgen), between two
+//! emulated hosts served from this process (their UNIX sockets are reachable from both
+//! namespaces: only the network is split); and every refusal and abort: wrong CA, expired
 //! certificate, no client certificate, a second connection, a peer that drops mid-stream, a
 //! destination whose VFs do not match.
+//!
+//! Making namespaces needs root and `ip` (iproute2). Without them the tests say why and run
+//! over loopback instead; with `XE_NETNS_REQUIRED=1` (set by `.ci/run`) that is a failure.
 
 mod common;
 use common::{host, xe_vfio, Host};
@@ -42,11 +47,16 @@ impl Pki {
         }
     }
 
-    /// A certificate for 127.0.0.1 (server and client use), valid now unless `expired`.
+    /// A certificate for both hosts' addresses (server and client use), valid now unless
+    /// `expired`.
     /// Returns (cert, key) paths.
     fn issue(&self, name: &str, expired: bool) -> (String, String) {
-        let mut p =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()]).unwrap();
+        let mut p = CertificateParams::new(vec![
+            "127.0.0.1".to_string(),
+            "10.77.0.2".into(),
+            "10.77.0.1".into(),
+        ])
+        .unwrap();
         p.distinguished_name.push(rcgen::DnType::CommonName, name);
         if expired {
             p.not_before = rcgen::date_time_ymd(2020, 1, 1);
@@ -71,7 +81,136 @@ impl Pki {
     }
 }
 
-/// A `xe-vfio receive` child, listening on a loopback port of its choosing.
+/// The two "hosts": two network namespaces joined by a veth pair (source 10.77.0.1,
+/// destination 10.77.0.2), or loopback where namespaces cannot be made.
+struct Net {
+    /// (source namespace, destination namespace), if made.
+    ns: Option<(String, String)>,
+    dst_ip: &'static str,
+}
+
+static NEXT_NET: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Net {
+    fn new(test: &str) -> Net {
+        let n = NEXT_NET.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("{}{n}", std::process::id() % 100_000);
+        match Net::make(&tag) {
+            Ok(ns) => Net {
+                ns: Some(ns),
+                dst_ip: "10.77.0.2",
+            },
+            Err(why) if std::env::var("XE_NETNS_REQUIRED").as_deref() == Ok("1") => {
+                panic!("{test}: cannot make network namespaces (XE_NETNS_REQUIRED=1): {why}")
+            }
+            Err(why) => {
+                eprintln!(
+                    "{test}: network namespaces unavailable ({why}): over loopback instead \
+                     (set XE_NETNS_REQUIRED=1 to make this a failure; .ci/run does)"
+                );
+                Net {
+                    ns: None,
+                    dst_ip: "127.0.0.1",
+                }
+            }
+        }
+    }
+
+    fn make(tag: &str) -> Result<(String, String), String> {
+        if !rustix::process::geteuid().is_root() {
+            return Err("not root".into());
+        }
+        let (a, b) = (format!("xe{tag}a"), format!("xe{tag}b"));
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("ip: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        let (va, vb) = (format!("xv{tag}a"), format!("xv{tag}b"));
+        let r = (|| {
+            ip(&["netns", "add", &a])?;
+            ip(&["netns", "add", &b])?;
+            ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb])?;
+            ip(&["link", "set", &va, "netns", &a])?;
+            ip(&["link", "set", &vb, "netns", &b])?;
+            ip(&["-n", &a, "addr", "add", "10.77.0.1/24", "dev", &va])?;
+            ip(&["-n", &b, "addr", "add", "10.77.0.2/24", "dev", &vb])?;
+            for (ns, v) in [(&a, &va), (&b, &vb)] {
+                ip(&["-n", ns, "link", "set", v, "up"])?;
+                ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => Ok((a, b)),
+            Err(e) => {
+                let _ = ip(&["netns", "del", &a]);
+                let _ = ip(&["netns", "del", &b]);
+                Err(e)
+            }
+        }
+    }
+
+    /// `xe-vfio` on the source host (`dst == false`) or the destination host.
+    fn xe_vfio(&self, dst: bool) -> Command {
+        match &self.ns {
+            None => Command::new(env!("CARGO_BIN_EXE_xe-vfio")),
+            Some((a, b)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", if dst { b } else { a }])
+                    .arg(env!("CARGO_BIN_EXE_xe-vfio"));
+                c
+            }
+        }
+    }
+
+    /// `xe-vfio ARGS` on the source host, to completion.
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        self.xe_vfio(false).args(args).output().unwrap()
+    }
+
+    /// A TCP connection to `addr` made from the source host (a thread that enters its
+    /// namespace: the socket belongs to the namespace it was made in).
+    fn connect(&self, addr: &str) -> TcpStream {
+        let addr = addr.to_string();
+        let ns = self.ns.as_ref().map(|(a, _)| a.clone());
+        std::thread::spawn(move || {
+            if let Some(ns) = ns {
+                let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+                rustix::thread::move_into_link_name_space(
+                    std::os::fd::AsFd::as_fd(&f),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .unwrap();
+            }
+            TcpStream::connect(addr).unwrap()
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        if let Some((a, b)) = &self.ns {
+            for ns in [a, b] {
+                let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            }
+        }
+    }
+}
+
+/// A `xe-vfio receive` child on the destination host, listening on a port of its choosing.
 struct Receive {
     child: Child,
     addr: String,
@@ -79,10 +218,12 @@ struct Receive {
 }
 
 impl Receive {
-    fn start(to: &[&Path], args: &[&str]) -> Receive {
+    fn start(net: &Net, to: &[&Path], args: &[&str]) -> Receive {
         let to: Vec<String> = to.iter().map(|p| p.display().to_string()).collect();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xe-vfio"))
-            .args(["receive", "--listen", "127.0.0.1:0", "--to", &to.join(",")])
+        let listen = format!("{}:0", net.dst_ip);
+        let mut child = net
+            .xe_vfio(true)
+            .args(["receive", "--listen", &listen, "--to", &to.join(",")])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -147,6 +288,7 @@ fn a_busy_group_of_three_vfs_moves_between_hosts_over_mutual_tls() {
     let (dc, dk) = pki.issue("dst", false);
     let (sc, sk) = pki.issue("src", false);
     let ca = pki.ca_path("site");
+    let net = Net::new("a_busy_group_of_three_vfs_moves_between_hosts_over_mutual_tls");
     let a = host(&dir.path().join("a"), Platform::Bmg, 3, 16 * MIB);
     let b = host(&dir.path().join("b"), Platform::Bmg, 3, 16 * MIB);
     let hw = |h: &Host, i: u32| h.pf.vf(i).unwrap().hw.clone();
@@ -170,6 +312,7 @@ fn a_busy_group_of_three_vfs_moves_between_hosts_over_mutual_tls() {
             .unwrap();
     }
     let r = Receive::start(
+        &net,
         &[&b.sockets[0], &b.sockets[1], &b.sockets[2]],
         &[
             "--tls-cert",
@@ -182,7 +325,7 @@ fn a_busy_group_of_three_vfs_moves_between_hosts_over_mutual_tls() {
         ],
     );
     let from: Vec<String> = a.sockets.iter().map(|p| p.display().to_string()).collect();
-    let out = xe_vfio(&[
+    let out = net.run(&[
         "migrate",
         "--from",
         &from.join(","),
@@ -249,6 +392,7 @@ fn wrong_ca_expired_or_missing_certificates_and_mismatched_vfs_are_refused() {
     let (xc, xk) = other.issue("src-other", false);
     let (oc, ok) = site.issue("src-expired", true);
     let (ca, other_ca) = (site.ca_path("site"), other.ca_path("other"));
+    let net = Net::new("wrong_ca_expired_or_missing_certificates_and_mismatched_vfs_are_refused");
     let a = host(&dir.path().join("a"), Platform::Bmg, 1, 8 * MIB);
     let b = host(&dir.path().join("b"), Platform::Bmg, 1, 8 * MIB);
     let c = host(&dir.path().join("c"), Platform::Bmg, 1, 16 * MIB);
@@ -270,9 +414,9 @@ fn wrong_ca_expired_or_missing_certificates_and_mismatched_vfs_are_refused() {
         &ca,
         "--keep",
     ];
-    let r = Receive::start(&[&b.sockets[0]], &tls);
+    let r = Receive::start(&net, &[&b.sockets[0]], &tls);
     let migrate = |cert: &str, key: &str, ca: &str, url: &str| {
-        let out = xe_vfio(&[
+        let out = net.run(&[
             "migrate",
             "--from",
             &src,
@@ -339,7 +483,7 @@ fn wrong_ca_expired_or_missing_certificates_and_mismatched_vfs_are_refused() {
     let mut conn =
         rustls::ClientConnection::new(std::sync::Arc::new(cfg), "127.0.0.1".try_into().unwrap())
             .unwrap();
-    let mut tcp = TcpStream::connect(&r.addr).unwrap();
+    let mut tcp = net.connect(&r.addr);
     let mut refused = false;
     // The server asks for a certificate and, getting none, ends the handshake (TLS 1.3: the
     // client learns it on its first read).
@@ -363,7 +507,7 @@ fn wrong_ca_expired_or_missing_certificates_and_mismatched_vfs_are_refused() {
     untouched("no client certificate");
 
     // VFs that do not match: an LMEM of another size (the destination checks before ACCEPT).
-    let rc = Receive::start(&[&c.sockets[0]], &tls[..6]);
+    let rc = Receive::start(&net, &[&c.sockets[0]], &tls[..6]);
     let e = migrate(&sc, &sk, &ca, &rc.url());
     assert!(e.contains("refused the migration"), "{e}");
     assert!(
@@ -377,7 +521,7 @@ fn wrong_ca_expired_or_missing_certificates_and_mismatched_vfs_are_refused() {
     assert_eq!(state(&c.sockets[0]), DeviceState::Running);
 
     // Still listening, and a good migration goes through.
-    let out = xe_vfio(&[
+    let out = net.run(&[
         "migrate",
         "--from",
         &src,
@@ -426,8 +570,10 @@ fn a_second_peer_is_turned_away_and_a_dropped_peer_leaves_the_destination_reset(
         mig_flags: 0x3,
         bar2: 8 * MIB,
     };
-    let r = Receive::start(&[&b.sockets[0]], &["--insecure"]);
-    let mut fake = TcpStream::connect(&r.addr).unwrap();
+    let net =
+        Net::new("a_second_peer_is_turned_away_and_a_dropped_peer_leaves_the_destination_reset");
+    let r = Receive::start(&net, &[&b.sockets[0]], &["--insecure"]);
+    let mut fake = net.connect(&r.addr);
     let hello = Hello {
         version: mig_net::VERSION,
         flags: 0,
@@ -446,7 +592,7 @@ fn a_second_peer_is_turned_away_and_a_dropped_peer_leaves_the_destination_reset(
     assert_eq!(Header::parse(&ack).unwrap().kind, kind::ACCEPT);
 
     // A second source while this one runs: turned away, untouched.
-    let out = xe_vfio(&["migrate", "--from", &src, "--to", &r.url(), "--insecure"]);
+    let out = net.run(&["migrate", "--from", &src, "--to", &r.url(), "--insecure"]);
     let e = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success());
     assert!(
@@ -468,6 +614,6 @@ fn a_second_peer_is_turned_away_and_a_dropped_peer_leaves_the_destination_reset(
     assert!(!ok);
     assert!(err.contains("the peer closed the connection"), "{err}");
     assert!(err.contains("was reset and is RUNNING"), "{err}");
-    assert!(err.contains("turned 127.0.0.1"), "{err}");
+    assert!(err.contains("turned") && err.contains("away"), "{err}");
     assert_eq!(state(&b.sockets[0]), DeviceState::Running);
 }

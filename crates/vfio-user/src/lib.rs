@@ -19,6 +19,6 @@ pub mod server;
 mod sock;
 
 pub use client::{Client, ClientError};
-pub use relay::{Relay, RelayError};
+pub use relay::{Pacer, Relay, RelayError};
 pub use server::{Server, ServerOptions};
 pub use sock::tune as tune_socket;

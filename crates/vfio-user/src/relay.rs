@@ -66,20 +66,37 @@ pub struct Relay {
     /// After a failed run: whether each connection (source, destination) is still in step.
     in_step: (bool, bool),
     /// Bytes per second at most ([`Relay::set_max_bandwidth`]), and this run's pace so far.
-    pace: Option<Pace>,
+    pace: Option<Pacer>,
 }
 
-/// A bandwidth cap: each run sends no faster than `rate` bytes per second, measured from its
-/// start (a run does not bank the time between runs).
-struct Pace {
+/// A bandwidth cap: a run sends no faster than `rate` bytes per second, measured from its
+/// start (a run does not bank the time between runs). Used by [`Relay`], and by callers that
+/// move data themselves.
+#[derive(Debug, Clone)]
+pub struct Pacer {
     rate: u64,
     start: std::time::Instant,
     sent: u64,
 }
 
-impl Pace {
-    /// `n` more bytes were sent: sleep until the cap allows them.
-    fn account(&mut self, n: usize) {
+impl Pacer {
+    /// `None` for a rate of 0 (no cap).
+    pub fn new(bytes_per_s: u64) -> Option<Pacer> {
+        (bytes_per_s > 0).then(|| Pacer {
+            rate: bytes_per_s,
+            start: std::time::Instant::now(),
+            sent: 0,
+        })
+    }
+
+    /// A run starts now.
+    pub fn restart(&mut self) {
+        self.start = std::time::Instant::now();
+        self.sent = 0;
+    }
+
+    /// `n` more bytes were sent: sleeps until the cap allows them.
+    pub fn account(&mut self, n: usize) {
         self.sent += n as u64;
         let due = std::time::Duration::from_secs_f64(self.sent as f64 / self.rate as f64);
         if let Some(wait) = due.checked_sub(self.start.elapsed()) {
@@ -143,18 +160,13 @@ impl Relay {
     /// `max-bandwidth` migration parameter does: a migration that must share a link, or a
     /// slower link modelled on a fast one.
     pub fn set_max_bandwidth(&mut self, bytes_per_s: Option<u64>) {
-        self.pace = bytes_per_s.filter(|&r| r > 0).map(|rate| Pace {
-            rate,
-            start: std::time::Instant::now(),
-            sent: 0,
-        });
+        self.pace = bytes_per_s.and_then(Pacer::new);
     }
 
     /// For a caller moving data itself under this relay's bandwidth cap: a run starts now.
     pub fn pace_start(&mut self) {
         if let Some(p) = &mut self.pace {
-            p.start = std::time::Instant::now();
-            p.sent = 0;
+            p.restart();
         }
     }
 

@@ -292,13 +292,15 @@ fn run(cli: Cli) -> Result<(), CliError> {
             tls_ca,
             insecure,
         } => {
+            let opts = ops::MigrateOpts {
+                pre_copy: pre_copy.then_some(ops::PreCopyOpts {
+                    max_downtime,
+                    max_precopy,
+                    strict,
+                }),
+                max_bandwidth,
+            };
             if to.starts_with("tcp://") {
-                if pre_copy || max_bandwidth.is_some() {
-                    return Err(CliError::new(
-                        "--pre-copy and --max-bandwidth do not work across hosts yet",
-                    )
-                    .hint("migrate between hosts with stop-copy, or locally with them"));
-                }
                 let sec = net::Security::from_args(tls_cert, tls_key, tls_ca, insecure)?;
                 let names: Vec<String> = from.split(',').map(str::to_string).collect();
                 let mut srcs = names
@@ -306,7 +308,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     .map(|n| endpoint::open(n, cli.timeout))
                     .collect::<Result<Vec<_>, _>>()?;
                 let timeout = std::time::Duration::from_secs(cli.timeout.max(1));
-                let r = net::migrate_remote(&mut srcs, &names, &to, &sec, timeout)?;
+                let r = net::migrate_remote(&mut srcs, &names, &to, &sec, timeout, opts)?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
                 } else {
@@ -328,14 +330,6 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let mut src = endpoint::open(&from, cli.timeout)?;
             let mut dst = endpoint::open(&to, cli.timeout)?;
             let pb = progress_bar(0);
-            let opts = ops::MigrateOpts {
-                pre_copy: pre_copy.then_some(ops::PreCopyOpts {
-                    max_downtime,
-                    max_precopy,
-                    strict,
-                }),
-                max_bandwidth,
-            };
             let r = ops::migrate(&mut *src, &mut *dst, opts, &mut |done, est| {
                 pb.set_length(est.max(done));
                 pb.set_position(done);
@@ -572,6 +566,29 @@ fn print_remote(r: &net::RemoteReport) {
         r.destination,
         r.transport
     );
+    if let Some(p) = &r.pre_copy {
+        let how = if p.converged {
+            format!(
+                "converged (estimated stop-copy {:.1} ms)",
+                p.estimated_downtime_ms
+            )
+        } else {
+            format!(
+                "NOT CONVERGED in {:.1} s (estimated stop-copy {:.1} ms > budget {:.0} ms): switched over anyway",
+                p.max_precopy_seconds, p.estimated_downtime_ms, p.max_downtime_ms
+            )
+        };
+        println!(
+            "  pre-copy    {} in {} rounds, {:.3} s, sources running; {how}",
+            human(p.precopy_bytes),
+            p.rounds.len(),
+            p.precopy_seconds
+        );
+    }
+    if let Some(b) = r.max_bandwidth {
+        println!("  bandwidth   capped at {}/s (--max-bandwidth)", human(b));
+    }
+
     for v in &r.vfs {
         println!(
             "  {:<40} {:>10}  downtime {:>8.1} ms  destination {}",

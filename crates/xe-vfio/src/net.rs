@@ -11,7 +11,7 @@
 //! back to RUNNING with its state, every destination VF reset and reported.
 
 use crate::endpoint::Endpoint;
-use crate::ops::Dev;
+use crate::ops::{self, Dev, PreCopyOpts, PreCopyReport, Round};
 use crate::util::{human, CliError, Context};
 use mig_net::{kind, ErrorMsg, Header, Hello, VfInfo, HEADER_LEN, MAX_CONTROL, MAX_DATA};
 use rustls::pki_types::pem::PemObject;
@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vfio_core::{DeviceState, Errno, MigrationFlags};
+use vfio_user::Pacer;
 
 /// The certificate, key and CA of one side.
 #[derive(Debug, Clone)]
@@ -279,7 +280,13 @@ pub struct RemoteReport {
     /// From the first source VF leaving RUNNING to the destination's RESULT (all RUNNING).
     pub group_downtime_ms: f64,
     pub total_seconds: f64,
+    /// Of the stop-copy part.
     pub throughput_mib_s: f64,
+    /// The group's pre-copy rounds, for a pre-copy migration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_copy: Option<PreCopyReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bandwidth: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -312,6 +319,7 @@ pub fn migrate_remote(
     url: &str,
     sec: &Security,
     timeout: Duration,
+    opts: ops::MigrateOpts,
 ) -> Result<RemoteReport, CliError> {
     let start = Instant::now();
     let mut devs = Vec::new();
@@ -322,6 +330,13 @@ pub fn migrate_remote(
                 CliError::new(format!("{}: in {}, not RUNNING", d.who, d.state))
                     .hint("reset the device, or let a running migration finish"),
             );
+        }
+        if opts.pre_copy.is_some() && !d.flags.contains(MigrationFlags::PRE_COPY) {
+            return Err(CliError::new(format!(
+                "{}: does not offer PRE_COPY (migration flags {})",
+                d.who, d.flags
+            ))
+            .hint("serve it with 'xe-vfio serve --pre-copy', or migrate without --pre-copy"));
         }
         devs.push(d);
     }
@@ -337,7 +352,11 @@ pub fn migrate_remote(
     let io = &mut *link.io;
     let hello = Hello {
         version: mig_net::VERSION,
-        flags: 0,
+        flags: if opts.pre_copy.is_some() {
+            mig_net::HELLO_PRE_COPY
+        } else {
+            0
+        },
         vfs,
     };
     if let Err(e) = send(io, kind::HELLO, 0, &hello.emit()).and_then(|()| io.flush()) {
@@ -362,8 +381,21 @@ pub fn migrate_remote(
         k => return Err(proto(format!("{url}: frame kind {k} where ACCEPT was due"))),
     }
     let mut stopped = vec![None; devs.len()];
-    let r = switch_and_send(&mut devs, io, &mut stopped);
-    let (totals, states) = match r {
+    let mut out = Out {
+        io,
+        pace: opts.max_bandwidth.and_then(Pacer::new),
+        totals: vec![0; devs.len()],
+    };
+    let mut pre = None;
+    let r = (|| {
+        if let Some(p) = opts.pre_copy {
+            pre = Some(pre_copy_group(&mut devs, &mut out, p, opts.max_bandwidth)?);
+        }
+        switch_and_send(&mut devs, &mut out, &mut stopped)
+    })();
+    let io = &mut *out.io;
+    let totals = out.totals;
+    let states = match r {
         Ok(v) => v,
         Err(mut e) => {
             send_error(io, &e);
@@ -392,6 +424,7 @@ pub fn migrate_remote(
         })
         .collect();
     let transfer = (done - first).as_secs_f64();
+    let precopy_bytes = pre.as_ref().map_or(0, |p| p.precopy_bytes);
     Ok(RemoteReport {
         destination: url.to_string(),
         transport: link.how,
@@ -399,28 +432,200 @@ pub fn migrate_remote(
         bytes,
         group_downtime_ms: transfer * 1e3,
         total_seconds: start.elapsed().as_secs_f64(),
-        throughput_mib_s: bytes as f64 / (1 << 20) as f64 / transfer.max(1e-9),
+        throughput_mib_s: (bytes - precopy_bytes) as f64 / (1 << 20) as f64 / transfer.max(1e-9),
+        pre_copy: pre.map(|mut p| {
+            p.stop_copy_bytes = bytes - precopy_bytes;
+            p
+        }),
+        max_bandwidth: opts.max_bandwidth,
     })
 }
 
-/// P2P first for all, then STOP_COPY for each; the streams interleaved; the destination's
-/// RESULT; the sources to STOP. Returns each VF's byte count and the destination's states.
+/// The source's side of the connection: DATA frames under the bandwidth cap, each VF's count.
+struct Out<'c> {
+    io: &'c mut dyn Conn,
+    pace: Option<Pacer>,
+    totals: Vec<u64>,
+}
+
+impl Out<'_> {
+    fn data(&mut self, vf: usize, bytes: &[u8]) -> Result<(), CliError> {
+        send(self.io, kind::DATA, vf as u16, bytes).ctx(|| "sending to the destination".into())?;
+        self.totals[vf] += bytes.len() as u64;
+        if let Some(p) = &mut self.pace {
+            p.account(bytes.len());
+        }
+        Ok(())
+    }
+
+    /// One pre-copy round of VF `i`: DATA frames of at most `limit` bytes in all, ending early
+    /// at `ENOMSG` (no data ready now), a 0-byte or a short read. Returns the bytes moved.
+    fn round(
+        &mut self,
+        d: &mut Dev<'_>,
+        i: usize,
+        limit: u64,
+        buf: &mut [u8],
+    ) -> Result<u64, CliError> {
+        let mut moved = 0u64;
+        while moved < limit {
+            let want = ((limit - moved).min(buf.len() as u64) as usize).min(d.c.chunk());
+            let n = match d.c.read_data(&mut buf[..want]) {
+                Ok(n) => n,
+                Err(e) if e.errno() == Errno::ENOMSG => return Ok(moved),
+                Err(e) => {
+                    let (who, at) = (d.who.clone(), self.totals[i]);
+                    return Err(Err::<(), _>(e)
+                        .ctx(|| format!("{who}: reading pre-copy data at byte {at}"))
+                        .unwrap_err());
+                }
+            };
+            if n > 0 {
+                self.data(i, &buf[..n])?;
+            }
+            moved += n as u64;
+            if n < want {
+                break;
+            }
+        }
+        Ok(moved)
+    }
+}
+
+/// The group's pre-copy: every VF to PRE_COPY, then rounds (each VF's initial + dirty bytes,
+/// at most what fits in the time left) until every VF's initial data is sent and the group's
+/// estimated stop-copy time — the sum of the sources' MIG_DATA_SIZE over the throughput so far
+/// — fits the budget, or `max_precopy` passes (then switch anyway, or with `strict` fail).
+fn pre_copy_group(
+    devs: &mut [Dev<'_>],
+    out: &mut Out<'_>,
+    opts: PreCopyOpts,
+    bandwidth: Option<u64>,
+) -> Result<PreCopyReport, CliError> {
+    for d in devs.iter_mut() {
+        d.walk(DeviceState::PreCopy)?;
+    }
+    let t = Instant::now();
+    let mut report = PreCopyReport {
+        rounds: Vec::new(),
+        precopy_bytes: 0,
+        precopy_seconds: 0.0,
+        stop_copy_bytes: 0,
+        converged: false,
+        estimated_downtime_ms: f64::INFINITY,
+        max_downtime_ms: opts.max_downtime.as_secs_f64() * 1e3,
+        max_precopy_seconds: opts.max_precopy.as_secs_f64(),
+    };
+    let mut buf = vec![0u8; MAX_DATA as usize];
+    let mut sending = 0.0f64;
+    loop {
+        let mut infos = Vec::new();
+        let mut rest = 0u64;
+        for d in devs.iter_mut() {
+            let who = d.who.clone();
+            let (i, dirty) =
+                d.c.precopy_info()
+                    .ctx(|| format!("{who}: reading MIG_PRECOPY_INFO"))?;
+            rest +=
+                d.c.mig_data_size()
+                    .unwrap_or(dirty + ops::FIXED_STOP_COPY_BYTES);
+            infos.push((i, dirty));
+        }
+        if let Some(r) = report.rounds.last_mut() {
+            r.initial_bytes_after = infos.iter().map(|x| x.0).sum();
+            r.dirty_bytes_after = infos.iter().map(|x| x.1).sum();
+        }
+        let initial: u64 = infos.iter().map(|x| x.0).sum();
+        let rate = report.precopy_bytes as f64 / sending.max(1e-9);
+        let estimate = if report.precopy_bytes == 0 {
+            f64::INFINITY
+        } else {
+            rest as f64 / rate
+        };
+        report.estimated_downtime_ms = estimate * 1e3;
+        if initial == 0 && estimate <= opts.max_downtime.as_secs_f64() {
+            report.converged = true;
+            break;
+        }
+        if t.elapsed() >= opts.max_precopy {
+            if opts.strict {
+                return Err(CliError::new(format!(
+                    "pre-copy did not converge in {:.1} s: the estimated stop-copy time is {:.0} ms (budget {:.0} ms)",
+                    opts.max_precopy.as_secs_f64(),
+                    estimate * 1e3,
+                    report.max_downtime_ms
+                )));
+            }
+            break;
+        }
+        let left = opts.max_precopy.saturating_sub(t.elapsed()).as_secs_f64();
+        let known = if report.precopy_bytes == 0 {
+            bandwidth.map(|b| b as f64)
+        } else {
+            Some(rate)
+        };
+        let mut budget = match known {
+            Some(r) => ((r * left) as u64).max(1 << 20),
+            None => ops::PROBE_ROUND_BYTES,
+        };
+        let r0 = Instant::now();
+        let mut moved = 0u64;
+        for (i, (d, (ini, dirty))) in devs.iter_mut().zip(&infos).enumerate() {
+            let limit = (ini + dirty).min(budget);
+            if limit == 0 {
+                continue;
+            }
+            let m = out.round(d, i, limit, &mut buf)?;
+            budget -= m.min(budget);
+            moved += m;
+        }
+        out.io.flush().ctx(|| "sending to the destination".into())?;
+        let secs = r0.elapsed().as_secs_f64();
+        sending += secs;
+        report.precopy_bytes += moved;
+        if moved == 0 {
+            // Nothing was ready: do not spin.
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        report.rounds.push(Round {
+            bytes: moved,
+            seconds: secs,
+            initial_bytes_after: 0,
+            dirty_bytes_after: 0,
+        });
+    }
+    report.precopy_seconds = t.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// P2P first for all (RUNNING_P2P, or PRE_COPY_P2P from PRE_COPY), then STOP_COPY for each;
+/// the streams interleaved to their ends; the destination's RESULT; the sources to STOP.
+/// Returns the destination's states.
 fn switch_and_send(
     devs: &mut [Dev<'_>],
-    io: &mut dyn Conn,
+    out: &mut Out<'_>,
     stopped: &mut [Option<Instant>],
-) -> Result<(Vec<u64>, Vec<u32>), CliError> {
+) -> Result<Vec<u32>, CliError> {
     for d in devs.iter_mut() {
         if d.flags.contains(MigrationFlags::P2P) {
-            d.walk(DeviceState::RunningP2p)?;
+            let mid = if d.state == DeviceState::PreCopy {
+                DeviceState::PreCopyP2p
+            } else {
+                DeviceState::RunningP2p
+            };
+            d.walk(mid)?;
         }
     }
     for (d, s) in devs.iter_mut().zip(stopped.iter_mut()) {
         *s = Some(Instant::now());
         d.walk(DeviceState::StopCopy)?;
     }
+    if let Some(p) = &mut out.pace {
+        p.restart();
+    }
+    // One read of each VF in turn: (a 1 MiB DATA frame each), so the VFs share the link.
     let mut buf = vec![0u8; MAX_DATA as usize];
-    let mut totals = vec![0u64; devs.len()];
     let mut ended = vec![false; devs.len()];
     let mut short = vec![false; devs.len()];
     while ended.iter().any(|e| !e) {
@@ -428,6 +633,7 @@ fn switch_and_send(
             if ended[i] {
                 continue;
             }
+            let before = out.totals[i];
             let want = d.c.chunk().min(buf.len());
             let n = match d.c.read_data(&mut buf[..want]) {
                 Ok(n) => n,
@@ -436,24 +642,23 @@ fn switch_and_send(
                 Err(e) => {
                     let who = d.who.clone();
                     return Err(Err::<(), _>(e)
-                        .ctx(|| format!("{who}: reading migration data at byte {}", totals[i]))
+                        .ctx(|| format!("{who}: reading migration data at byte {before}"))
                         .unwrap_err());
                 }
             };
-            let vf = i as u16;
             if n == 0 {
-                send(io, kind::END, vf, &totals[i].to_le_bytes())
+                send(out.io, kind::END, i as u16, &out.totals[i].to_le_bytes())
                     .ctx(|| "sending to the destination".into())?;
                 ended[i] = true;
                 continue;
             }
-            send(io, kind::DATA, vf, &buf[..n]).ctx(|| "sending to the destination".into())?;
-            totals[i] += n as u64;
+            out.data(i, &buf[..n])?;
             short[i] = n < want;
         }
     }
-    io.flush().ctx(|| "sending to the destination".into())?;
-    let (h, p) = recv_control(io).map_err(|e| e.context("waiting for the destination's RESULT"))?;
+    out.io.flush().ctx(|| "sending to the destination".into())?;
+    let (h, p) =
+        recv_control(out.io).map_err(|e| e.context("waiting for the destination's RESULT"))?;
     let states = match h.kind {
         kind::RESULT => mig_net::parse_result(&p, devs.len())
             .map_err(|e| proto("a malformed RESULT").cause(e))?,
@@ -463,7 +668,7 @@ fn switch_and_send(
     for d in devs.iter_mut() {
         d.walk(DeviceState::Stop)?;
     }
-    Ok((totals, states))
+    Ok(states)
 }
 
 /// The destination side: listens on `listen`, takes one authenticated migration into `dsts`

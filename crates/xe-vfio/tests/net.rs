@@ -617,3 +617,73 @@ fn a_second_peer_is_turned_away_and_a_dropped_peer_leaves_the_destination_reset(
     assert!(err.contains("turned") && err.contains("away"), "{err}");
     assert_eq!(state(&b.sockets[0]), DeviceState::Running);
 }
+
+/// PRE_COPY across hosts: a busy VF (its engine writing LMEM while the rounds run) and a quiet
+/// one, pre-copied as a group under a bandwidth cap, then switched over; bit for bit.
+#[test]
+fn a_busy_group_pre_copies_across_hosts_under_a_bandwidth_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "site");
+    let (dc, dk) = pki.issue("dst", false);
+    let (sc, sk) = pki.issue("src", false);
+    let ca = pki.ca_path("site");
+    let net = Net::new("a_busy_group_pre_copies_across_hosts_under_a_bandwidth_cap");
+    let a = common::host_pre_copy(&dir.path().join("a"), Platform::Bmg, 2, 8 * MIB);
+    let b = host(&dir.path().join("b"), Platform::Bmg, 2, 8 * MIB);
+    let hw = |h: &Host, i: u32| h.pf.vf(i).unwrap().hw.clone();
+    let mut w = Workload::setup(DirectAccess(hw(&a, 1)), true, 64 << 10, 4 << 20, 0x91).unwrap();
+    w.submit_random(20).unwrap();
+    w.wait_idle(Duration::from_secs(20)).unwrap();
+    for _ in 0..(64 << 10) / vf::JOB_SIZE - 1 {
+        let j = w.random_job();
+        w.queue(j).unwrap();
+    }
+    w.doorbell().unwrap();
+    hw(&a, 2)
+        .lmem()
+        .unwrap()
+        .write(0, &pattern(8 << 20, 2))
+        .unwrap();
+    let r = Receive::start(
+        &net,
+        &[&b.sockets[0], &b.sockets[1]],
+        &["--tls-cert", &dc, "--tls-key", &dk, "--tls-ca", &ca],
+    );
+    let from: Vec<String> = a.sockets.iter().map(|p| p.display().to_string()).collect();
+    let out = net.run(&[
+        "migrate",
+        "--from",
+        &from.join(","),
+        "--to",
+        &r.url(),
+        "--tls-cert",
+        &sc,
+        "--tls-key",
+        &sk,
+        "--tls-ca",
+        &ca,
+        "--pre-copy",
+        "--max-bandwidth",
+        "64M",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &rep["pre_copy"];
+    assert_eq!(p["converged"], true, "{rep}");
+    assert!(p["precopy_bytes"].as_u64().unwrap() >= 16 * MIB, "{rep}");
+    assert_eq!(rep["max_bandwidth"], 64 * MIB);
+    // 16 MiB and more at 64 MiB/s: a quarter of a second at least.
+    assert!(rep["total_seconds"].as_f64().unwrap() >= 0.25, "{rep}");
+    let (ok, _, rerr) = r.finish();
+    assert!(ok, "{rerr}");
+    assert!(lmem(&hw(&b, 2)) == pattern(8 << 20, 2), "VF2 LMEM");
+    w.set_access(DirectAccess(hw(&b, 1)));
+    w.fixups().unwrap();
+    w.wait_idle(Duration::from_secs(60)).unwrap();
+    w.verify().unwrap();
+}

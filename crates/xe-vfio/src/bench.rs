@@ -401,7 +401,7 @@ fn over_vfio_user(dir: &Path, lmem: u64) -> Result<(Vec<VfioUserRun>, u64, u64),
     Ok((runs, ia, ib))
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

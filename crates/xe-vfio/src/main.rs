@@ -1,12 +1,14 @@
 //! `xe-vfio`: serve emulated Intel Xe SR-IOV VFs over vfio-user and migrate them.
 
 mod bench;
+mod bench_net;
 mod bench_precopy;
 mod demo;
 mod endpoint;
 mod kernel;
 mod net;
 mod ops;
+mod pki;
 mod remote;
 mod serve;
 mod util;
@@ -178,6 +180,10 @@ enum Cmd {
         /// Stop-copy against pre-copy migrations of a busy VF at set dirty rates.
         #[arg(long)]
         pre_copy: bool,
+        /// Host-to-host migration over loopback TCP (plain and TLS) against a raw TCP copy,
+        /// and a group of 4 × 256 MiB VFs against one 1 GiB VF.
+        #[arg(long, conflicts_with = "pre_copy")]
+        tcp: bool,
         /// With --pre-copy: the dirty rates, in % of LMEM per second, comma-separated.
         #[arg(long, default_value = "0,1,5,25,100", requires = "pre_copy")]
         rates: String,
@@ -199,6 +205,16 @@ enum Cmd {
         dev: String,
         #[arg(long)]
         json: bool,
+    },
+    /// Make a CA and a certificate per host (DNS name or IP address) for `migrate --to tcp://`
+    /// and `receive`, in DIR: ca.pem, ca.key, HOST.pem, HOST.key. For a test setup.
+    Certs {
+        dir: PathBuf,
+        #[arg(required = true)]
+        hosts: Vec<String>,
+        /// Validity, in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
     },
     /// (internal, for tests) Read and/or write bytes of a kernel VFIO device's region.
     #[command(hide = true)]
@@ -400,6 +416,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
         Cmd::Demo => demo::demo(),
         Cmd::Bench {
+            json, tcp: true, ..
+        } => bench_net::bench_tcp(json),
+        Cmd::Bench {
             sizes,
             json,
             pre_copy: false,
@@ -442,8 +461,19 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 .iter()
                 .map(|n| endpoint::open(n, cli.timeout))
                 .collect::<Result<Vec<_>, _>>()?;
-            let timeout = std::time::Duration::from_secs(cli.timeout.max(1));
-            net::receive(&listen, &mut dsts, &names, &sec, keep, timeout, json)
+            let opts = net::ReceiveOpts {
+                keep,
+                json,
+                quiet: false,
+                timeout: std::time::Duration::from_secs(cli.timeout.max(1)),
+            };
+            net::receive(&listen, &mut dsts, &names, &sec, opts)
+        }
+        Cmd::Certs { dir, hosts, days } => {
+            for p in pki::make(&dir, &hosts, days)? {
+                println!("wrote {}", p.display());
+            }
+            Ok(())
         }
         Cmd::FsmCheck { dev, json } => {
             let mut d = endpoint::open_kernel(&dev)?;

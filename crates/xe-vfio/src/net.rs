@@ -671,6 +671,19 @@ fn switch_and_send(
     Ok(states)
 }
 
+/// How `receive` runs.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiveOpts {
+    /// Take further migrations after the first.
+    pub keep: bool,
+    /// Reports as JSON.
+    pub json: bool,
+    /// No reports on stdout (the benchmark's).
+    pub quiet: bool,
+    /// How long a peer may stay silent.
+    pub timeout: Duration,
+}
+
 /// The destination side: listens on `listen`, takes one authenticated migration into `dsts`
 /// (named `names`), reports, and returns — or with `keep`, goes on listening.
 pub fn receive(
@@ -678,29 +691,40 @@ pub fn receive(
     dsts: &mut [Box<dyn Endpoint>],
     names: &[String],
     sec: &Security,
-    keep: bool,
-    timeout: Duration,
-    json: bool,
+    opts: ReceiveOpts,
 ) -> Result<(), CliError> {
+    let listener = TcpListener::bind(listen).ctx(|| format!("listening on {listen}"))?;
+    receive_on(&listener, dsts, names, sec, opts).map(|_| ())
+}
+
+/// [`receive`] on a bound listener; returns the last migration's report.
+pub fn receive_on(
+    listener: &TcpListener,
+    dsts: &mut [Box<dyn Endpoint>],
+    names: &[String],
+    sec: &Security,
+    opts: ReceiveOpts,
+) -> Result<ReceiveReport, CliError> {
     let cfg = match sec {
         Security::Tls(f) => Some(server_config(f)?),
         Security::Insecure => None,
     };
-    let listener = TcpListener::bind(listen).ctx(|| format!("listening on {listen}"))?;
     let addr = listener
         .local_addr()
         .ctx(|| "the listening address".into())?;
     sec.warn();
-    println!(
-        "receive: ready on {addr} for {} VF(s): {}",
-        dsts.len(),
-        names.join(", ")
-    );
-    let _ = std::io::stdout().flush();
+    if !opts.quiet {
+        println!(
+            "receive: ready on {addr} for {} VF(s): {}",
+            dsts.len(),
+            names.join(", ")
+        );
+        let _ = std::io::stdout().flush();
+    }
     loop {
         let (tcp, peer) = listener.accept().ctx(|| format!("accepting on {addr}"))?;
         let _ = tcp.set_nodelay(true);
-        let _ = tcp.set_read_timeout(Some(timeout));
+        let _ = tcp.set_read_timeout(Some(opts.timeout));
         let link = match &cfg {
             None => Link {
                 io: Box::new(tcp),
@@ -715,16 +739,18 @@ pub fn receive(
                 }
             },
         };
-        eprintln!("receive: {peer} connected ({})", link.how);
+        if !opts.quiet {
+            eprintln!("receive: {peer} connected ({})", link.how);
+        }
         // One migration at a time: while this one runs, other peers are turned away.
-        let busy = Refuser::start(&listener)?;
+        let busy = Refuser::start(listener)?;
         let r = receive_one(link, dsts, names);
-        busy.stop(&listener)?;
+        busy.stop(listener)?;
         match r {
             Ok(rep) => {
-                if json {
+                if opts.json && !opts.quiet {
                     println!("{}", serde_json::to_string_pretty(&rep).unwrap_or_default());
-                } else {
+                } else if !opts.quiet {
                     println!(
                         "received {} from {peer} into {} VF(s) in {:.3} s ({}): {}",
                         human(rep.bytes),
@@ -734,11 +760,11 @@ pub fn receive(
                         rep.states.join(", ")
                     );
                 }
-                if !keep {
-                    return Ok(());
+                if !opts.keep {
+                    return Ok(rep);
                 }
             }
-            Err(e) if keep => eprintln!("xe-vfio: {e}"),
+            Err(e) if opts.keep => eprintln!("xe-vfio: {e}"),
             Err(e) => return Err(e),
         }
     }

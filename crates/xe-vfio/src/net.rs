@@ -381,24 +381,25 @@ pub fn migrate_remote(
         k => return Err(proto(format!("{url}: frame kind {k} where ACCEPT was due"))),
     }
     let mut stopped = vec![None; devs.len()];
-    let mut out = Out {
-        io,
-        pace: opts.max_bandwidth.and_then(Pacer::new),
-        totals: vec![0; devs.len()],
-    };
+    let mut out = Out::start(link.io, opts.max_bandwidth.and_then(Pacer::new), devs.len());
+    let mut conn = None;
     let mut pre = None;
     let r = (|| {
         if let Some(p) = opts.pre_copy {
             pre = Some(pre_copy_group(&mut devs, &mut out, p, opts.max_bandwidth)?);
         }
-        switch_and_send(&mut devs, &mut out, &mut stopped)
+        switch_and_send(&mut devs, &mut out, &mut stopped, &mut conn)
     })();
-    let io = &mut *out.io;
-    let totals = out.totals;
+    if conn.is_none() {
+        conn = out.finish().0;
+    }
+    let totals = std::mem::take(&mut out.totals);
     let states = match r {
         Ok(v) => v,
         Err(mut e) => {
-            send_error(io, &e);
+            if let Some(io) = conn.as_mut() {
+                send_error(&mut **io, &e);
+            }
             let notes: Vec<String> = devs.iter_mut().map(|d| d.resume_source(true)).collect();
             e.hint = Some(format!(
                 "the migration was aborted; {}; the destination resets its VFs",
@@ -441,23 +442,130 @@ pub fn migrate_remote(
     })
 }
 
-/// The source's side of the connection: DATA frames under the bandwidth cap, each VF's count.
-struct Out<'c> {
-    io: &'c mut dyn Conn,
+/// A frame for the writer thread: kind, VF, a pool buffer and how much of it to send.
+type Frame = (u8, u16, Vec<u8>, usize);
+
+/// The source's side of the connection: frames go to a writer thread that owns the connection
+/// (so reading the next piece of a VF's stream overlaps sending the last — TLS encryption
+/// included), in buffers recycled through a small pool; DATA under the bandwidth cap; each
+/// VF's count.
+struct Out {
+    tx: Option<std::sync::mpsc::SyncSender<Frame>>,
+    pool: std::sync::mpsc::Receiver<Vec<u8>>,
+    writer: Option<std::thread::JoinHandle<Written>>,
     pace: Option<Pacer>,
     totals: Vec<u64>,
 }
 
-impl Out<'_> {
-    fn data(&mut self, vf: usize, bytes: &[u8]) -> Result<(), CliError> {
-        send(self.io, kind::DATA, vf as u16, bytes).ctx(|| "sending to the destination".into())?;
-        self.totals[vf] += bytes.len() as u64;
+/// What the writer thread gives back: the connection and how the writing went.
+type Written = (Box<dyn Conn>, io::Result<()>);
+
+/// Buffers in flight between the reading and the writing thread.
+const POOL: usize = 3;
+
+impl Out {
+    fn start(mut io: Box<dyn Conn>, pace: Option<Pacer>, vfs: usize) -> Out {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Frame>(POOL);
+        let (back, pool) = std::sync::mpsc::channel::<Vec<u8>>();
+        for _ in 0..POOL {
+            let _ = back.send(vec![0u8; MAX_DATA as usize]);
+        }
+        let writer = std::thread::spawn(move || {
+            let mut r = Ok(());
+            for (kind, vf, buf, len) in rx {
+                r = send(&mut *io, kind, vf, &buf[..len]);
+                let _ = back.send(buf);
+                if r.is_err() {
+                    break;
+                }
+            }
+            if r.is_ok() {
+                r = io.flush();
+            }
+            (io, r)
+        });
+        Out {
+            tx: Some(tx),
+            pool,
+            writer: Some(writer),
+            pace,
+            totals: vec![0; vfs],
+        }
+    }
+
+    /// The writer's failure, once it has stopped.
+    fn broken(&mut self) -> CliError {
+        self.tx = None;
+        let why = match self.writer.take().map(|w| w.join()) {
+            Some(Ok((_, Err(e)))) => e.to_string(),
+            _ => "the connection is gone".into(),
+        };
+        CliError::new(format!("sending to the destination: {why}"))
+    }
+
+    /// A free buffer of [`MAX_DATA`] bytes.
+    fn buffer(&mut self) -> Result<Vec<u8>, CliError> {
+        match self.pool.recv() {
+            Ok(b) => Ok(b),
+            Err(_) => Err(self.broken()),
+        }
+    }
+
+    fn frame(&mut self, kind: u8, vf: usize, buf: Vec<u8>, len: usize) -> Result<(), CliError> {
+        let sent = self
+            .tx
+            .as_ref()
+            .map(|t| t.send((kind, vf as u16, buf, len)));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            _ => Err(self.broken()),
+        }
+    }
+
+    /// `len` bytes of `buf` as a DATA frame of VF `vf`.
+    fn data_buf(&mut self, vf: usize, buf: Vec<u8>, len: usize) -> Result<(), CliError> {
+        self.totals[vf] += len as u64;
+        self.frame(kind::DATA, vf, buf, len)?;
         if let Some(p) = &mut self.pace {
-            p.account(bytes.len());
+            p.account(len);
         }
         Ok(())
     }
 
+    /// A copy of `bytes` as a DATA frame of VF `vf`.
+    fn data(&mut self, vf: usize, bytes: &[u8]) -> Result<(), CliError> {
+        let mut b = self.buffer()?;
+        b[..bytes.len()].copy_from_slice(bytes);
+        self.data_buf(vf, b, bytes.len())
+    }
+
+    /// VF `vf`'s END.
+    fn end(&mut self, vf: usize) -> Result<(), CliError> {
+        let mut b = self.buffer()?;
+        b[..8].copy_from_slice(&self.totals[vf].to_le_bytes());
+        self.frame(kind::END, vf, b, 8)
+    }
+
+    /// Everything sent: the connection back (`None` if the writer is gone) and the outcome.
+    fn finish(&mut self) -> (Option<Box<dyn Conn>>, Result<(), CliError>) {
+        self.tx = None;
+        match self.writer.take().map(|w| w.join()) {
+            Some(Ok((io, Ok(())))) => (Some(io), Ok(())),
+            Some(Ok((io, Err(e)))) => (
+                Some(io),
+                Err(CliError::new(format!("sending to the destination: {e}"))),
+            ),
+            _ => (
+                None,
+                Err(CliError::new(
+                    "sending to the destination: the writer failed",
+                )),
+            ),
+        }
+    }
+}
+
+impl Out {
     /// One pre-copy round of VF `i`: DATA frames of at most `limit` bytes in all, ending early
     /// at `ENOMSG` (no data ready now), a 0-byte or a short read. Returns the bytes moved.
     fn round(
@@ -498,7 +606,7 @@ impl Out<'_> {
 /// — fits the budget, or `max_precopy` passes (then switch anyway, or with `strict` fail).
 fn pre_copy_group(
     devs: &mut [Dev<'_>],
-    out: &mut Out<'_>,
+    out: &mut Out,
     opts: PreCopyOpts,
     bandwidth: Option<u64>,
 ) -> Result<PreCopyReport, CliError> {
@@ -579,7 +687,6 @@ fn pre_copy_group(
             budget -= m.min(budget);
             moved += m;
         }
-        out.io.flush().ctx(|| "sending to the destination".into())?;
         let secs = r0.elapsed().as_secs_f64();
         sending += secs;
         report.precopy_bytes += moved;
@@ -604,8 +711,9 @@ fn pre_copy_group(
 /// Returns the destination's states.
 fn switch_and_send(
     devs: &mut [Dev<'_>],
-    out: &mut Out<'_>,
+    out: &mut Out,
     stopped: &mut [Option<Instant>],
+    conn: &mut Option<Box<dyn Conn>>,
 ) -> Result<Vec<u32>, CliError> {
     for d in devs.iter_mut() {
         if d.flags.contains(MigrationFlags::P2P) {
@@ -624,16 +732,21 @@ fn switch_and_send(
     if let Some(p) = &mut out.pace {
         p.restart();
     }
-    // One read of each VF in turn: (a 1 MiB DATA frame each), so the VFs share the link.
-    let mut buf = vec![0u8; MAX_DATA as usize];
+    // One read of each VF in turn (a DATA frame each), so the VFs share the link; each read
+    // straight into a buffer the writer thread then sends.
     let mut ended = vec![false; devs.len()];
     let mut short = vec![false; devs.len()];
+    let mut spare: Option<Vec<u8>> = None;
     while ended.iter().any(|e| !e) {
         for (i, d) in devs.iter_mut().enumerate() {
             if ended[i] {
                 continue;
             }
             let before = out.totals[i];
+            let mut buf = match spare.take() {
+                Some(b) => b,
+                None => out.buffer()?,
+            };
             let want = d.c.chunk().min(buf.len());
             let n = match d.c.read_data(&mut buf[..want]) {
                 Ok(n) => n,
@@ -647,18 +760,23 @@ fn switch_and_send(
                 }
             };
             if n == 0 {
-                send(out.io, kind::END, i as u16, &out.totals[i].to_le_bytes())
-                    .ctx(|| "sending to the destination".into())?;
+                spare = Some(buf);
+                out.end(i)?;
                 ended[i] = true;
                 continue;
             }
-            out.data(i, &buf[..n])?;
+            out.data_buf(i, buf, n)?;
             short[i] = n < want;
         }
     }
-    out.io.flush().ctx(|| "sending to the destination".into())?;
+    let (io, sent) = out.finish();
+    *conn = io;
+    sent?;
+    let io = conn
+        .as_mut()
+        .ok_or_else(|| CliError::new("the connection is gone"))?;
     let (h, p) =
-        recv_control(out.io).map_err(|e| e.context("waiting for the destination's RESULT"))?;
+        recv_control(&mut **io).map_err(|e| e.context("waiting for the destination's RESULT"))?;
     let states = match h.kind {
         kind::RESULT => mig_net::parse_result(&p, devs.len())
             .map_err(|e| proto("a malformed RESULT").cause(e))?,
@@ -866,11 +984,15 @@ fn receive_one(
         }
         return Err(e.context("refused the migration"));
     }
-    let r = (|| {
-        send(io, kind::ACCEPT, 0, &[])
-            .and_then(|()| io.flush())
-            .ctx(|| "sending ACCEPT".into())?;
-        let bytes = take_streams(&mut devs, io)?;
+    if let Err(e) = send(io, kind::ACCEPT, 0, &[]).and_then(|()| io.flush()) {
+        let e = CliError::new(format!("sending ACCEPT: {e}"));
+        let notes: Vec<String> = devs.iter_mut().map(|d| d.reset_destination(true)).collect();
+        return Err(e.hint(format!("the migration was aborted; {}", notes.join("; "))));
+    }
+    // The streams come in on a reader thread that owns the connection until the last END.
+    let (conn, taken) = take_streams(&mut devs, link.io);
+    let mut conn = conn;
+    let r = taken.and_then(|bytes| {
         // P2P first for all, then RUNNING for each.
         for d in devs.iter_mut() {
             let mid = if d.flags.contains(MigrationFlags::P2P) {
@@ -886,11 +1008,14 @@ fn receive_one(
             d.walk(DeviceState::Running)?;
         }
         let states: Vec<u32> = devs.iter().map(|d| d.state as u32).collect();
-        send(io, kind::RESULT, 0, &mig_net::emit_result(&states))
+        let io = conn
+            .as_mut()
+            .ok_or_else(|| CliError::new("the connection is gone"))?;
+        send(&mut **io, kind::RESULT, 0, &mig_net::emit_result(&states))
             .and_then(|()| io.flush())
             .ctx(|| "sending RESULT".into())?;
         Ok(bytes)
-    })();
+    });
     match r {
         Ok(bytes) => Ok(ReceiveReport {
             transport: link.how.clone(),
@@ -899,7 +1024,9 @@ fn receive_one(
             states: devs.iter().map(|d| d.state.to_string()).collect(),
         }),
         Err(mut e) => {
-            send_error(io, &e);
+            if let Some(io) = conn.as_mut() {
+                send_error(&mut **io, &e);
+            }
             let notes: Vec<String> = devs.iter_mut().map(|d| d.reset_destination(true)).collect();
             e.hint = Some(format!("the migration was aborted; {}", notes.join("; ")));
             Err(e)
@@ -978,51 +1105,115 @@ fn check_identity(who: &str, want: &VfInfo, have: &VfInfo) -> Result<(), CliErro
     Ok(())
 }
 
-/// DATA frames into each VF until every VF's END; returns the bytes written.
-fn take_streams(devs: &mut [Dev<'_>], io: &mut dyn Conn) -> Result<u64, CliError> {
-    let mut buf = vec![0u8; MAX_DATA as usize];
-    let mut totals = vec![0u64; devs.len()];
-    let mut ended = vec![false; devs.len()];
-    while ended.iter().any(|e| !e) {
-        let h = recv_header(io).map_err(|e| e.context("receiving the streams"))?;
-        let vf = usize::from(h.vf);
-        if h.kind == kind::ERROR {
-            let mut p = vec![0u8; h.len as usize];
-            io.read_exact(&mut p)
-                .ctx(|| "reading the source's ERROR".into())?;
-            return Err(peer_error(&p).context("the source aborted"));
-        }
-        if vf >= devs.len() || ended[vf] {
-            return Err(proto(format!(
-                "a frame for VF {vf}, which is not (or no longer) in this migration"
-            )));
-        }
-        match h.kind {
-            kind::DATA => {
-                let p = &mut buf[..h.len as usize];
-                io.read_exact(p).ctx(|| "receiving the streams".into())?;
-                let d = &mut devs[vf];
-                let who = d.who.clone();
-                d.c.write_data(p)
-                    .ctx(|| format!("{who}: writing migration data at byte {}", totals[vf]))?;
-                totals[vf] += u64::from(h.len);
-            }
-            kind::END => {
+/// What the reader thread hands over.
+enum Incoming {
+    Data(usize, Vec<u8>, usize),
+    End(usize, u64),
+    Failed(CliError),
+}
+
+/// DATA frames into each VF until every VF's END; returns the connection (unless its reader
+/// failed past recovery) and the bytes written. A reader thread owns the connection meanwhile,
+/// so receiving (and decrypting) the next frame overlaps writing the last into its VF; buffers
+/// go back and forth through a small pool.
+fn take_streams(
+    devs: &mut [Dev<'_>],
+    mut io: Box<dyn Conn>,
+) -> (Option<Box<dyn Conn>>, Result<u64, CliError>) {
+    let n = devs.len();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Incoming>(POOL);
+    let (back, pool) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..POOL {
+        let _ = back.send(vec![0u8; MAX_DATA as usize]);
+    }
+    let reader = std::thread::spawn(move || {
+        let mut ended = vec![false; n];
+        let fail = |tx: &std::sync::mpsc::SyncSender<Incoming>, e: CliError| {
+            let _ = tx.send(Incoming::Failed(e));
+        };
+        while ended.iter().any(|e| !e) {
+            let h = match recv_header(&mut *io) {
+                Ok(h) => h,
+                Err(e) => {
+                    fail(&tx, e.context("receiving the streams"));
+                    break;
+                }
+            };
+            let vf = usize::from(h.vf);
+            let payload = |io: &mut Box<dyn Conn>| -> Result<Vec<u8>, CliError> {
                 let mut p = vec![0u8; h.len as usize];
                 io.read_exact(&mut p)
-                    .ctx(|| "receiving the streams".into())?;
-                let total =
-                    mig_net::parse_end(&p).map_err(|e| proto("a malformed END").cause(e))?;
-                if total != totals[vf] {
-                    return Err(proto(format!(
-                        "VF {vf}: the source sent {total} bytes, {} arrived",
-                        totals[vf]
-                    )));
+                    .map_err(|e| proto(format!("receiving the streams: {e}")))?;
+                Ok(p)
+            };
+            let msg = match h.kind {
+                kind::ERROR => Err(match payload(&mut io) {
+                    Ok(p) => peer_error(&p).context("the source aborted"),
+                    Err(e) => e,
+                }),
+                _ if vf >= n || ended[vf] => Err(proto(format!(
+                    "a frame for VF {vf}, which is not (or no longer) in this migration"
+                ))),
+                kind::DATA => {
+                    let Ok(mut b) = pool.recv() else { break };
+                    let len = h.len as usize;
+                    match io.read_exact(&mut b[..len]) {
+                        Ok(()) => Ok(Incoming::Data(vf, b, len)),
+                        Err(e) => Err(proto(format!("receiving the streams: {e}"))),
+                    }
                 }
-                ended[vf] = true;
+                kind::END => payload(&mut io).and_then(|p| {
+                    ended[vf] = true;
+                    mig_net::parse_end(&p)
+                        .map(|t| Incoming::End(vf, t))
+                        .map_err(|e| proto("a malformed END").cause(e))
+                }),
+                k => Err(proto(format!("frame kind {k} in the streams"))),
+            };
+            match msg {
+                Ok(m) => {
+                    if tx.send(m).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    fail(&tx, e);
+                    break;
+                }
             }
-            k => return Err(proto(format!("frame kind {k} in the streams"))),
         }
+        io
+    });
+    let mut totals = vec![0u64; n];
+    let mut ended = vec![false; n];
+    let mut r = Ok(());
+    while r.is_ok() && ended.iter().any(|e| !e) {
+        r = match rx.recv() {
+            Ok(Incoming::Data(vf, b, len)) => {
+                let d = &mut devs[vf];
+                let who = d.who.clone();
+                let w =
+                    d.c.write_data(&b[..len])
+                        .ctx(|| format!("{who}: writing migration data at byte {}", totals[vf]));
+                totals[vf] += len as u64;
+                let _ = back.send(b);
+                w
+            }
+            Ok(Incoming::End(vf, total)) if total != totals[vf] => Err(proto(format!(
+                "VF {vf}: the source sent {total} bytes, {} arrived",
+                totals[vf]
+            ))),
+            Ok(Incoming::End(vf, _)) => {
+                ended[vf] = true;
+                Ok(())
+            }
+            Ok(Incoming::Failed(e)) => Err(e),
+            Err(_) => Err(proto("the reader stopped")),
+        };
     }
-    Ok(totals.iter().sum())
+    // Stop the reader (it ends at the last END, or when it can no longer hand anything over).
+    drop(rx);
+    drop(back);
+    let conn = reader.join().ok();
+    (conn, r.map(|()| totals.iter().sum()))
 }

@@ -101,18 +101,8 @@ enum Cmd {
         /// max-bandwidth: to share a link, or to model a slower one.
         #[arg(long, value_parser = parse_size)]
         max_bandwidth: Option<u64>,
-        /// TLS: this side's certificate (PEM), for tcp:// (both sides present one).
-        #[arg(long)]
-        tls_cert: Option<PathBuf>,
-        /// TLS: this side's private key (PEM).
-        #[arg(long)]
-        tls_key: Option<PathBuf>,
-        /// TLS: the CA the peer's certificate must chain to (PEM).
-        #[arg(long)]
-        tls_ca: Option<PathBuf>,
-        /// Plain TCP, unencrypted and unauthenticated (said on every run).
-        #[arg(long)]
-        insecure: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Receive a migration from another host (`migrate --to tcp://…` there) into local VFs.
     Receive {
@@ -127,18 +117,8 @@ enum Cmd {
         keep: bool,
         #[arg(long)]
         json: bool,
-        /// TLS: this side's certificate (PEM), for tcp:// (both sides present one).
-        #[arg(long)]
-        tls_cert: Option<PathBuf>,
-        /// TLS: this side's private key (PEM).
-        #[arg(long)]
-        tls_key: Option<PathBuf>,
-        /// TLS: the CA the peer's certificate must chain to (PEM).
-        #[arg(long)]
-        tls_ca: Option<PathBuf>,
-        /// Plain TCP, unencrypted and unauthenticated (said on every run).
-        #[arg(long)]
-        insecure: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Save a VF's migration stream to a file (the VF runs again afterwards).
     Save {
@@ -269,6 +249,33 @@ pub(crate) fn connect(p: &std::path::Path, timeout: u64) -> Result<Client, CliEr
     })
 }
 
+/// How a connection between hosts is protected (migrate --to tcp://, receive).
+#[derive(clap::Args, Debug)]
+struct TlsArgs {
+    /// TLS: this side's certificate (PEM), for tcp:// (both sides present one).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// TLS: this side's private key (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// TLS: the CA the peer's certificate must chain to (PEM).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Plain TCP, unencrypted and unauthenticated (said on every run).
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl TlsArgs {
+    fn given(&self) -> bool {
+        self.tls_cert.is_some() || self.tls_key.is_some() || self.tls_ca.is_some() || self.insecure
+    }
+
+    fn security(self) -> Result<net::Security, CliError> {
+        net::Security::from_args(self.tls_cert, self.tls_key, self.tls_ca, self.insecure)
+    }
+}
+
 fn run(cli: Cli) -> Result<(), CliError> {
     match cli.cmd {
         Cmd::Serve {
@@ -303,10 +310,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             max_precopy,
             strict,
             max_bandwidth,
-            tls_cert,
-            tls_key,
-            tls_ca,
-            insecure,
+            tls,
         } => {
             let opts = ops::MigrateOpts {
                 pre_copy: pre_copy.then_some(ops::PreCopyOpts {
@@ -317,7 +321,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 max_bandwidth,
             };
             if to.starts_with("tcp://") {
-                let sec = net::Security::from_args(tls_cert, tls_key, tls_ca, insecure)?;
+                let sec = tls.security()?;
                 let names: Vec<String> = from.split(',').map(str::to_string).collect();
                 let mut srcs = names
                     .iter()
@@ -332,7 +336,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 }
                 return Ok(());
             }
-            if tls_cert.is_some() || tls_key.is_some() || tls_ca.is_some() || insecure {
+            if tls.given() {
                 return Err(CliError::new(
                     "--tls-* and --insecure are for --to tcp://HOST:PORT",
                 ));
@@ -450,12 +454,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
             to,
             keep,
             json,
-            tls_cert,
-            tls_key,
-            tls_ca,
-            insecure,
+            tls,
         } => {
-            let sec = net::Security::from_args(tls_cert, tls_key, tls_ca, insecure)?;
+            let sec = tls.security()?;
             let names: Vec<String> = to.split(',').map(str::to_string).collect();
             let mut dsts = names
                 .iter()

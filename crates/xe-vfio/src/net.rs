@@ -11,7 +11,7 @@
 //! back to RUNNING with its state, every destination VF reset and reported.
 
 use crate::endpoint::Endpoint;
-use crate::ops::{self, Dev, PreCopyOpts, PreCopyReport, Round};
+use crate::ops::{self, Dev, Next, Planner, PreCopyOpts, PreCopyReport};
 use crate::util::{human, CliError, Context};
 use mig_net::{kind, ErrorMsg, Header, Hello, VfInfo, HEADER_LEN, MAX_CONTROL, MAX_DATA};
 use rustls::pki_types::pem::PemObject;
@@ -613,19 +613,8 @@ fn pre_copy_group(
     for d in devs.iter_mut() {
         d.walk(DeviceState::PreCopy)?;
     }
-    let t = Instant::now();
-    let mut report = PreCopyReport {
-        rounds: Vec::new(),
-        precopy_bytes: 0,
-        precopy_seconds: 0.0,
-        stop_copy_bytes: 0,
-        converged: false,
-        estimated_downtime_ms: f64::INFINITY,
-        max_downtime_ms: opts.max_downtime.as_secs_f64() * 1e3,
-        max_precopy_seconds: opts.max_precopy.as_secs_f64(),
-    };
+    let mut plan = Planner::new(opts, bandwidth);
     let mut buf = vec![0u8; MAX_DATA as usize];
-    let mut sending = 0.0f64;
     loop {
         let mut infos = Vec::new();
         let mut rest = 0u64;
@@ -639,42 +628,11 @@ fn pre_copy_group(
                     .unwrap_or(dirty + ops::FIXED_STOP_COPY_BYTES);
             infos.push((i, dirty));
         }
-        if let Some(r) = report.rounds.last_mut() {
-            r.initial_bytes_after = infos.iter().map(|x| x.0).sum();
-            r.dirty_bytes_after = infos.iter().map(|x| x.1).sum();
-        }
-        let initial: u64 = infos.iter().map(|x| x.0).sum();
-        let rate = report.precopy_bytes as f64 / sending.max(1e-9);
-        let estimate = if report.precopy_bytes == 0 {
-            f64::INFINITY
-        } else {
-            rest as f64 / rate
-        };
-        report.estimated_downtime_ms = estimate * 1e3;
-        if initial == 0 && estimate <= opts.max_downtime.as_secs_f64() {
-            report.converged = true;
-            break;
-        }
-        if t.elapsed() >= opts.max_precopy {
-            if opts.strict {
-                return Err(CliError::new(format!(
-                    "pre-copy did not converge in {:.1} s: the estimated stop-copy time is {:.0} ms (budget {:.0} ms)",
-                    opts.max_precopy.as_secs_f64(),
-                    estimate * 1e3,
-                    report.max_downtime_ms
-                )));
-            }
-            break;
-        }
-        let left = opts.max_precopy.saturating_sub(t.elapsed()).as_secs_f64();
-        let known = if report.precopy_bytes == 0 {
-            bandwidth.map(|b| b as f64)
-        } else {
-            Some(rate)
-        };
-        let mut budget = match known {
-            Some(r) => ((r * left) as u64).max(1 << 20),
-            None => ops::PROBE_ROUND_BYTES,
+        let (initial, dirty) = infos.iter().fold((0, 0), |(a, b), (i, d)| (a + i, b + d));
+        plan.after(initial, dirty);
+        let mut budget = match plan.next(initial, dirty, rest)? {
+            Next::Switch => break,
+            Next::Round(b) => b,
         };
         let r0 = Instant::now();
         let mut moved = 0u64;
@@ -687,23 +645,9 @@ fn pre_copy_group(
             budget -= m.min(budget);
             moved += m;
         }
-        let secs = r0.elapsed().as_secs_f64();
-        sending += secs;
-        report.precopy_bytes += moved;
-        if moved == 0 {
-            // Nothing was ready: do not spin.
-            std::thread::sleep(Duration::from_millis(1));
-            continue;
-        }
-        report.rounds.push(Round {
-            bytes: moved,
-            seconds: secs,
-            initial_bytes_after: 0,
-            dirty_bytes_after: 0,
-        });
+        plan.record(moved, r0.elapsed());
     }
-    report.precopy_seconds = t.elapsed().as_secs_f64();
-    Ok(report)
+    Ok(plan.finish())
 }
 
 /// P2P first for all (RUNNING_P2P, or PRE_COPY_P2P from PRE_COPY), then STOP_COPY for each;

@@ -349,86 +349,145 @@ fn pre_copy_rounds(
         (e, k)
     };
     s.walk(DeviceState::PreCopy).map_err(src_err)?;
-    let t = Instant::now();
-    let mut report = PreCopyReport {
-        rounds: Vec::new(),
-        precopy_bytes: 0,
-        precopy_seconds: 0.0,
-        stop_copy_bytes: 0,
-        converged: false,
-        estimated_downtime_ms: f64::INFINITY,
-        max_downtime_ms: opts.max_downtime.as_secs_f64() * 1e3,
-        max_precopy_seconds: opts.max_precopy.as_secs_f64(),
-    };
-    let mut info = precopy_info(s).map_err(src_err)?;
-    let mut sending = 0.0f64;
+    let mut plan = Planner::new(opts, bandwidth);
     loop {
-        let (initial, dirty) = info;
-        // Throughput so far; before the first round, nothing is known: no estimate fits.
-        let rate = report.precopy_bytes as f64 / sending.max(1e-9);
-        let estimate = if report.precopy_bytes == 0 {
-            f64::INFINITY
-        } else {
-            stop_copy_bytes(s, dirty) as f64 / rate
+        let (initial, dirty) = precopy_info(s).map_err(src_err)?;
+        plan.after(initial, dirty);
+        let rest = stop_copy_bytes(s, dirty);
+        let budget = match plan
+            .next(initial, dirty, rest)
+            .map_err(|e| (e, (true, true)))?
+        {
+            Next::Switch => break,
+            Next::Round(b) => b,
         };
-        report.estimated_downtime_ms = estimate * 1e3;
-        if initial == 0 && estimate <= opts.max_downtime.as_secs_f64() {
-            report.converged = true;
-            break;
-        }
-        if t.elapsed() >= opts.max_precopy {
-            if opts.strict {
-                let e = CliError::new(format!(
-                    "pre-copy did not converge in {:.1} s: the estimated stop-copy time is                      {:.0} ms (budget {:.0} ms; {} dirty, {} rounds)",
-                    opts.max_precopy.as_secs_f64(),
-                    estimate * 1e3,
-                    report.max_downtime_ms,
-                    crate::util::human(dirty),
-                    report.rounds.len()
-                ));
-                return Err((e, (true, true)));
-            }
-            break;
-        }
-        // At most what fits in the time left, so the switch is not late by a round (before
-        // any throughput is measured, the bandwidth cap is the only rate known).
-        let left = opts.max_precopy.saturating_sub(t.elapsed()).as_secs_f64();
-        let known = if report.precopy_bytes == 0 {
-            bandwidth.map(|b| b as f64)
-        } else {
-            Some(rate)
-        };
-        let fits = match known {
-            Some(r) => ((r * left) as u64).max(1 << 20),
-            None => PROBE_ROUND_BYTES,
-        };
-        let limit = (initial + dirty).min(fits).max(1);
-        let base = report.precopy_bytes;
+        let limit = (initial + dirty).min(budget).max(1);
+        let base = plan.report.precopy_bytes;
         let r0 = Instant::now();
         let moved = transfer(relay, s, d, Some(limit), &mut |done| {
             progress(base + done, base + limit.max(done))
         })?;
-        let secs = r0.elapsed().as_secs_f64();
-        sending += secs;
-        report.precopy_bytes += moved;
+        plan.record(moved, r0.elapsed());
+    }
+    Ok(plan.finish())
+}
+
+/// What to do next in pre-copy.
+pub(crate) enum Next {
+    /// Stop the source(s): converged, or out of time.
+    Switch,
+    /// A round of at most this many bytes.
+    Round(u64),
+}
+
+/// The pre-copy decisions, shared by a local migration and a group between hosts: the
+/// throughput measured so far, the estimate, the budget, the deadline, and the report.
+pub(crate) struct Planner {
+    opts: PreCopyOpts,
+    bandwidth: Option<u64>,
+    t: Instant,
+    sending: f64,
+    pub(crate) report: PreCopyReport,
+}
+
+impl Planner {
+    pub(crate) fn new(opts: PreCopyOpts, bandwidth: Option<u64>) -> Planner {
+        Planner {
+            opts,
+            bandwidth,
+            t: Instant::now(),
+            sending: 0.0,
+            report: PreCopyReport {
+                rounds: Vec::new(),
+                precopy_bytes: 0,
+                precopy_seconds: 0.0,
+                stop_copy_bytes: 0,
+                converged: false,
+                estimated_downtime_ms: f64::INFINITY,
+                max_downtime_ms: opts.max_downtime.as_secs_f64() * 1e3,
+                max_precopy_seconds: opts.max_precopy.as_secs_f64(),
+            },
+        }
+    }
+
+    /// The precopy info after the last round (its report line).
+    pub(crate) fn after(&mut self, initial: u64, dirty: u64) {
+        if let Some(r) = self.report.rounds.last_mut() {
+            r.initial_bytes_after = initial;
+            r.dirty_bytes_after = dirty;
+        }
+    }
+
+    /// With `initial` bytes of initial data left, `dirty` dirty and `rest` for stop-copy to
+    /// send: switch once the initial data is sent and `rest` ÷ the throughput so far fits the
+    /// budget, or at `max_precopy` (with `strict`: fail); otherwise a round of at most what
+    /// fits in the time left — the first a probe of [`PROBE_ROUND_BYTES`] (or what the
+    /// bandwidth cap sends), so the switch is never late by a round.
+    pub(crate) fn next(&mut self, initial: u64, dirty: u64, rest: u64) -> Result<Next, CliError> {
+        let moved = self.report.precopy_bytes;
+        let rate = moved as f64 / self.sending.max(1e-9);
+        // Before the first round nothing is known: no estimate fits.
+        let estimate = if moved == 0 {
+            f64::INFINITY
+        } else {
+            rest as f64 / rate
+        };
+        self.report.estimated_downtime_ms = estimate * 1e3;
+        if initial == 0 && estimate <= self.opts.max_downtime.as_secs_f64() {
+            self.report.converged = true;
+            return Ok(Next::Switch);
+        }
+        if self.t.elapsed() >= self.opts.max_precopy {
+            if self.opts.strict {
+                return Err(CliError::new(format!(
+                    "pre-copy did not converge in {:.1} s: the estimated stop-copy time is \
+                     {:.0} ms (budget {:.0} ms; {} dirty, {} rounds)",
+                    self.opts.max_precopy.as_secs_f64(),
+                    estimate * 1e3,
+                    self.report.max_downtime_ms,
+                    crate::util::human(dirty),
+                    self.report.rounds.len()
+                )));
+            }
+            return Ok(Next::Switch);
+        }
+        let left = self
+            .opts
+            .max_precopy
+            .saturating_sub(self.t.elapsed())
+            .as_secs_f64();
+        let known = if moved == 0 {
+            self.bandwidth.map(|b| b as f64)
+        } else {
+            Some(rate)
+        };
+        Ok(Next::Round(match known {
+            Some(r) => ((r * left) as u64).max(1 << 20),
+            None => PROBE_ROUND_BYTES,
+        }))
+    }
+
+    /// A round moved `moved` bytes in `took`. An idle poll (0 bytes: nothing was ready) is no
+    /// round, and waits a millisecond rather than spin.
+    pub(crate) fn record(&mut self, moved: u64, took: Duration) {
+        self.sending += took.as_secs_f64();
+        self.report.precopy_bytes += moved;
         if moved == 0 {
-            // Nothing was ready (the VF is idle, the budget unreachable): do not spin.
             std::thread::sleep(Duration::from_millis(1));
+            return;
         }
-        info = precopy_info(s).map_err(src_err)?;
-        if moved == 0 {
-            // An idle poll is no round.
-            continue;
-        }
-        report.rounds.push(Round {
+        self.report.rounds.push(Round {
             bytes: moved,
-            seconds: secs,
-            initial_bytes_after: info.0,
-            dirty_bytes_after: info.1,
+            seconds: took.as_secs_f64(),
+            initial_bytes_after: 0,
+            dirty_bytes_after: 0,
         });
     }
-    report.precopy_seconds = t.elapsed().as_secs_f64();
-    Ok(report)
+
+    pub(crate) fn finish(mut self) -> PreCopyReport {
+        self.report.precopy_seconds = self.t.elapsed().as_secs_f64();
+        self.report
+    }
 }
 
 /// The stop-copy bytes to expect from a source in PRE_COPY with `dirty` bytes dirty: its own

@@ -281,6 +281,64 @@ fn state(sock: &Path) -> DeviceState {
     Client::connect(sock).unwrap().device_state().unwrap()
 }
 
+/// VF 1 of `h` made busy: a guest's workload on it, its ring full of jobs when this returns.
+fn busy(h: &Host, seed: u64) -> Workload<DirectAccess> {
+    let hw = h.pf.vf(1).unwrap().hw.clone();
+    let mut w = Workload::setup(DirectAccess(hw), true, 64 << 10, 4 << 20, seed).unwrap();
+    w.submit_random(20).unwrap();
+    w.wait_idle(Duration::from_secs(20)).unwrap();
+    for _ in 0..(64 << 10) / vf::JOB_SIZE - 1 {
+        let j = w.random_job();
+        w.queue(j).unwrap();
+    }
+    w.doorbell().unwrap();
+    w
+}
+
+/// `migrate` of all of `src`'s VFs to `url` with TLS (`cert`, `key`, `ca`) and `extra`
+/// options, on the source host; the JSON report.
+fn migrate_tls(
+    net: &Net,
+    src: &Host,
+    url: &str,
+    tls: [&str; 3],
+    extra: &[&str],
+) -> serde_json::Value {
+    let from: Vec<String> = src
+        .sockets
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let from = from.join(",");
+    let mut args = vec![
+        "migrate",
+        "--from",
+        &from,
+        "--to",
+        url,
+        "--tls-cert",
+        tls[0],
+        "--tls-key",
+        tls[1],
+        "--tls-ca",
+        tls[2],
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = net.run(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("WARNING"),
+        "TLS runs say nothing of --insecure: {err}"
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn a_busy_group_of_three_vfs_moves_between_hosts_over_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
@@ -293,14 +351,7 @@ fn a_busy_group_of_three_vfs_moves_between_hosts_over_mutual_tls() {
     let b = host(&dir.path().join("b"), Platform::Bmg, 3, 16 * MIB);
     let hw = |h: &Host, i: u32| h.pf.vf(i).unwrap().hw.clone();
     // VF1 busy: its ring full of jobs when the group stops. VF2, VF3: data and a register.
-    let mut w = Workload::setup(DirectAccess(hw(&a, 1)), true, 64 << 10, 4 << 20, 0x7c9).unwrap();
-    w.submit_random(50).unwrap();
-    w.wait_idle(Duration::from_secs(20)).unwrap();
-    for _ in 0..(64 << 10) / vf::JOB_SIZE - 1 {
-        let j = w.random_job();
-        w.queue(j).unwrap();
-    }
-    w.doorbell().unwrap();
+    let mut w = busy(&a, 0x7c9);
     for i in 2..=3 {
         hw(&a, i)
             .lmem()
@@ -324,24 +375,7 @@ fn a_busy_group_of_three_vfs_moves_between_hosts_over_mutual_tls() {
             "--json",
         ],
     );
-    let from: Vec<String> = a.sockets.iter().map(|p| p.display().to_string()).collect();
-    let out = net.run(&[
-        "migrate",
-        "--from",
-        &from.join(","),
-        "--to",
-        &r.url(),
-        "--tls-cert",
-        &sc,
-        "--tls-key",
-        &sk,
-        "--tls-ca",
-        &ca,
-        "--json",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{err}");
-    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rep = migrate_tls(&net, &a, &r.url(), [&sc, &sk, &ca], &[]);
     assert!(rep["transport"].as_str().unwrap().contains("TLS"), "{rep}");
     assert_eq!(rep["vfs"].as_array().unwrap().len(), 3);
     for v in rep["vfs"].as_array().unwrap() {
@@ -354,10 +388,6 @@ fn a_busy_group_of_three_vfs_moves_between_hosts_over_mutual_tls() {
     assert_eq!(
         rr["states"],
         serde_json::json!(["RUNNING", "RUNNING", "RUNNING"])
-    );
-    assert!(
-        !err.contains("WARNING"),
-        "TLS runs say nothing of --insecure"
     );
 
     // Bit for bit: VF2, VF3 whole; VF1's queued jobs complete on the destination after the
@@ -631,14 +661,7 @@ fn a_busy_group_pre_copies_across_hosts_under_a_bandwidth_cap() {
     let a = common::host_pre_copy(&dir.path().join("a"), Platform::Bmg, 2, 8 * MIB);
     let b = host(&dir.path().join("b"), Platform::Bmg, 2, 8 * MIB);
     let hw = |h: &Host, i: u32| h.pf.vf(i).unwrap().hw.clone();
-    let mut w = Workload::setup(DirectAccess(hw(&a, 1)), true, 64 << 10, 4 << 20, 0x91).unwrap();
-    w.submit_random(20).unwrap();
-    w.wait_idle(Duration::from_secs(20)).unwrap();
-    for _ in 0..(64 << 10) / vf::JOB_SIZE - 1 {
-        let j = w.random_job();
-        w.queue(j).unwrap();
-    }
-    w.doorbell().unwrap();
+    let mut w = busy(&a, 0x91);
     hw(&a, 2)
         .lmem()
         .unwrap()
@@ -649,30 +672,13 @@ fn a_busy_group_pre_copies_across_hosts_under_a_bandwidth_cap() {
         &[&b.sockets[0], &b.sockets[1]],
         &["--tls-cert", &dc, "--tls-key", &dk, "--tls-ca", &ca],
     );
-    let from: Vec<String> = a.sockets.iter().map(|p| p.display().to_string()).collect();
-    let out = net.run(&[
-        "migrate",
-        "--from",
-        &from.join(","),
-        "--to",
+    let rep = migrate_tls(
+        &net,
+        &a,
         &r.url(),
-        "--tls-cert",
-        &sc,
-        "--tls-key",
-        &sk,
-        "--tls-ca",
-        &ca,
-        "--pre-copy",
-        "--max-bandwidth",
-        "64M",
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        [&sc, &sk, &ca],
+        &["--pre-copy", "--max-bandwidth", "64M"],
     );
-    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let p = &rep["pre_copy"];
     assert_eq!(p["converged"], true, "{rep}");
     assert!(p["precopy_bytes"].as_u64().unwrap() >= 16 * MIB, "{rep}");

@@ -194,7 +194,7 @@ fn connect(url: &str, sec: &Security, timeout: Duration) -> Result<Link, CliErro
                 s.conn.complete_io(&mut s.sock).map_err(|e| {
                     CliError::new(format!("TLS handshake with {addr}"))
                         .cause(e)
-                        .hint(format!("the destination's certificate must chain to {} and name {host}; ours must chain to the destination's CA", f.ca.display()))
+                        .hint(format!("the destination's certificate must chain to {} and name {host}; ours must chain to the destination's CA; nothing was stopped", f.ca.display()))
                 })?;
             }
             let how = suite_of(&s.conn);

@@ -179,11 +179,13 @@ impl Net {
         self.xe_vfio(false).args(args).output().unwrap()
     }
 
-    /// A TCP connection to `addr` made from the source host (a thread that enters its
-    /// namespace: the socket belongs to the namespace it was made in).
-    fn connect(&self, addr: &str) -> TcpStream {
-        let addr = addr.to_string();
-        let ns = self.ns.as_ref().map(|(a, _)| a.clone());
+    /// `f` run on a thread inside the source's (`dst == false`) or the destination's
+    /// namespace: a socket belongs to the namespace it was made in, wherever it is used.
+    fn inside<T: Send + 'static>(&self, dst: bool, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let ns = self
+            .ns
+            .as_ref()
+            .map(|(a, b)| if dst { b.clone() } else { a.clone() });
         std::thread::spawn(move || {
             if let Some(ns) = ns {
                 let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
@@ -193,10 +195,22 @@ impl Net {
                 )
                 .unwrap();
             }
-            TcpStream::connect(addr).unwrap()
+            f()
         })
         .join()
         .unwrap()
+    }
+
+    /// A TCP connection to `addr` made from the source host.
+    fn connect(&self, addr: &str) -> TcpStream {
+        let addr = addr.to_string();
+        self.inside(false, move || TcpStream::connect(addr).unwrap())
+    }
+
+    /// A listening socket on the destination host.
+    fn listen(&self) -> std::net::TcpListener {
+        let addr = format!("{}:0", self.dst_ip);
+        self.inside(true, move || std::net::TcpListener::bind(addr).unwrap())
     }
 }
 
@@ -692,4 +706,62 @@ fn a_busy_group_pre_copies_across_hosts_under_a_bandwidth_cap() {
     w.fixups().unwrap();
     w.wait_idle(Duration::from_secs(60)).unwrap();
     w.verify().unwrap();
+}
+
+/// A destination that accepts, takes part of the streams and vanishes: the source's group is
+/// aborted and every source VF runs again with its data.
+#[test]
+fn a_destination_that_drops_mid_stream_leaves_every_source_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::new("a_destination_that_drops_mid_stream_leaves_every_source_running");
+    let a = host(&dir.path().join("a"), Platform::Bmg, 2, 8 * MIB);
+    for i in 1..=2 {
+        a.pf.vf(i)
+            .unwrap()
+            .hw
+            .lmem()
+            .unwrap()
+            .write(0, &pattern(8 << 20, 20 + i))
+            .unwrap();
+    }
+    let l = net.listen();
+    let url = format!("tcp://{}", l.local_addr().unwrap());
+    let fake = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut h = [0u8; mig_net::HEADER_LEN];
+        std::io::Read::read_exact(&mut s, &mut h).unwrap();
+        let h = Header::parse(&h).unwrap();
+        assert_eq!(h.kind, kind::HELLO);
+        let mut p = vec![0u8; h.len as usize];
+        std::io::Read::read_exact(&mut s, &mut p).unwrap();
+        assert_eq!(Hello::parse(&p).unwrap().vfs.len(), 2);
+        let ack = Header {
+            kind: kind::ACCEPT,
+            vf: 0,
+            len: 0,
+        };
+        s.write_all(&ack.emit()).unwrap();
+        // Take 2 MiB of the streams, then vanish.
+        let mut sink = vec![0u8; 2 * MIB as usize];
+        std::io::Read::read_exact(&mut s, &mut sink).unwrap();
+    });
+    let from = format!("{},{}", a.sockets[0].display(), a.sockets[1].display());
+    let out = net.run(&["migrate", "--from", &from, "--to", &url, "--insecure"]);
+    fake.join().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success());
+    assert!(
+        e.contains("sending to the destination") || e.contains("closed the connection"),
+        "{e}"
+    );
+    assert!(e.contains("the migration was aborted"), "{e}");
+    assert_eq!(
+        e.matches("is RUNNING again with its state intact").count(),
+        2,
+        "{e}"
+    );
+    for i in 1..=2 {
+        assert_eq!(state(&a.sockets[i as usize - 1]), DeviceState::Running);
+        assert!(lmem(&a.pf.vf(i).unwrap().hw) == pattern(8 << 20, 20 + i));
+    }
 }

@@ -127,6 +127,48 @@ impl Endpoint for Client {
     }
 }
 
+/// One piece of a migration stream, as [`StreamReader::read`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece {
+    /// This many bytes were read.
+    Data(usize),
+    /// The end: of the stream, or (in a pre-copy round) of what is ready now.
+    End,
+}
+
+/// Reads a device's migration stream piece by piece, with the end-of-stream rule in one
+/// place: the end is a 0-byte read, or — from a vfio-user device that ends its stream so, as
+/// libvfio-user may — an error reply right after a short read. In a pre-copy round `ENOMSG`
+/// (the kernel's "no data ready now") ends the round too; the stream goes on.
+#[derive(Debug, Default)]
+pub struct StreamReader {
+    short: bool,
+}
+
+impl StreamReader {
+    /// One read of up to `buf.len()` bytes; `round`: a pre-copy round.
+    pub fn read(
+        &mut self,
+        c: &mut dyn Endpoint,
+        buf: &mut [u8],
+        round: bool,
+    ) -> Result<Piece, EpError> {
+        match c.read_data(buf) {
+            Ok(0) => Ok(Piece::End),
+            Ok(n) => {
+                self.short = n < buf.len();
+                Ok(Piece::Data(n))
+            }
+            Err(e) if round && e.errno() == Errno::ENOMSG => Ok(Piece::End),
+            Err(e) if self.short && e.in_step() => {
+                tracing::debug!(%e, "read refused after a short reply: the end of the stream");
+                Ok(Piece::End)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// What a `--from`/`--to`/`--dev` argument names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {

@@ -10,7 +10,7 @@
 //! one DATA frame per read of each VF in turn. Any failure aborts the group: every source VF
 //! back to RUNNING with its state, every destination VF reset and reported.
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, Piece, StreamReader};
 use crate::ops::{self, Dev, Next, Planner, PreCopyOpts, PreCopyReport};
 use crate::util::{human, CliError, Context};
 use mig_net::{kind, ErrorMsg, Header, Hello, VfInfo, HEADER_LEN, MAX_CONTROL, MAX_DATA};
@@ -408,7 +408,10 @@ pub fn migrate_remote(
             if let Some(io) = conn.as_mut() {
                 send_error(&mut **io, &e);
             }
-            let notes: Vec<String> = devs.iter_mut().map(|d| d.resume_source(true)).collect();
+            // A connection that broke mid-message is reopened first (all of them: which VF's
+            // broke is not known here; reopening a sound one costs nothing).
+            let in_step = e.in_step;
+            let notes: Vec<String> = devs.iter_mut().map(|d| d.resume_source(in_step)).collect();
             e.hint = Some(format!(
                 "the migration was aborted; {}; the destination resets its VFs",
                 notes.join("; ")
@@ -463,6 +466,8 @@ struct Out {
     writer: Option<std::thread::JoinHandle<Written>>,
     pace: Option<Pacer>,
     totals: Vec<u64>,
+    /// A pool buffer taken but not sent (a read that brought nothing).
+    spare: Option<Vec<u8>>,
 }
 
 /// What the writer thread gives back: the connection and how the writing went.
@@ -498,6 +503,7 @@ impl Out {
             writer: Some(writer),
             pace,
             totals: vec![0; vfs],
+            spare: None,
         }
     }
 
@@ -513,6 +519,9 @@ impl Out {
 
     /// A free buffer of [`MAX_DATA`] bytes.
     fn buffer(&mut self) -> Result<Vec<u8>, CliError> {
+        if let Some(b) = self.spare.take() {
+            return Ok(b);
+        }
         match self.pool.recv() {
             Ok(b) => Ok(b),
             Err(_) => Err(self.broken()),
@@ -538,13 +547,6 @@ impl Out {
             p.account(len);
         }
         Ok(())
-    }
-
-    /// A copy of `bytes` as a DATA frame of VF `vf`.
-    fn data(&mut self, vf: usize, bytes: &[u8]) -> Result<(), CliError> {
-        let mut b = self.buffer()?;
-        b[..bytes.len()].copy_from_slice(bytes);
-        self.data_buf(vf, b, bytes.len())
     }
 
     /// VF `vf`'s END.
@@ -574,34 +576,34 @@ impl Out {
 }
 
 impl Out {
-    /// One pre-copy round of VF `i`: DATA frames of at most `limit` bytes in all, ending early
-    /// at `ENOMSG` (no data ready now), a 0-byte or a short read. Returns the bytes moved.
-    fn round(
-        &mut self,
-        d: &mut Dev<'_>,
-        i: usize,
-        limit: u64,
-        buf: &mut [u8],
-    ) -> Result<u64, CliError> {
+    /// One pre-copy round of VF `i`, read straight into pool buffers, each read a DATA
+    /// frame: at most `limit` bytes, ending early at a short read or when nothing is ready.
+    /// Returns the bytes moved.
+    fn round(&mut self, d: &mut Dev<'_>, i: usize, limit: u64) -> Result<u64, CliError> {
+        let mut reader = StreamReader::default();
         let mut moved = 0u64;
         while moved < limit {
-            let want = ((limit - moved).min(buf.len() as u64) as usize).min(d.c.chunk());
-            let n = match d.c.read_data(&mut buf[..want]) {
-                Ok(n) => n,
-                Err(e) if e.errno() == Errno::ENOMSG => return Ok(moved),
-                Err(e) => {
-                    let (who, at) = (d.who.clone(), self.totals[i]);
-                    return Err(Err::<(), _>(e)
-                        .ctx(|| format!("{who}: reading pre-copy data at byte {at}"))
-                        .unwrap_err());
+            let mut b = self.buffer()?;
+            let want = ((limit - moved).min(b.len() as u64) as usize).min(d.c.chunk());
+            match reader.read(d.c, &mut b[..want], true) {
+                Ok(Piece::Data(n)) => {
+                    self.data_buf(i, b, n)?;
+                    moved += n as u64;
+                    if n < want {
+                        break;
+                    }
                 }
-            };
-            if n > 0 {
-                self.data(i, &buf[..n])?;
-            }
-            moved += n as u64;
-            if n < want {
-                break;
+                Ok(Piece::End) => {
+                    self.spare = Some(b);
+                    break;
+                }
+                Err(e) => {
+                    let what = format!(
+                        "{}: reading pre-copy data at byte {}",
+                        d.who, self.totals[i]
+                    );
+                    return Err(ops::client_failure(what, e));
+                }
             }
         }
         Ok(moved)
@@ -622,7 +624,6 @@ fn pre_copy_group(
         d.walk(DeviceState::PreCopy)?;
     }
     let mut plan = Planner::new(opts, bandwidth);
-    let mut buf = vec![0u8; MAX_DATA as usize];
     loop {
         let mut infos = Vec::new();
         let mut rest = 0u64;
@@ -649,7 +650,7 @@ fn pre_copy_group(
             if limit == 0 {
                 continue;
             }
-            let m = out.round(d, i, limit, &mut buf)?;
+            let m = out.round(d, i, limit)?;
             budget -= m.min(budget);
             moved += m;
         }
@@ -686,39 +687,30 @@ fn switch_and_send(
     }
     // One read of each VF in turn (a DATA frame each), so the VFs share the link; each read
     // straight into a buffer the writer thread then sends.
+    let mut readers: Vec<StreamReader> = devs.iter().map(|_| StreamReader::default()).collect();
     let mut ended = vec![false; devs.len()];
-    let mut short = vec![false; devs.len()];
-    let mut spare: Option<Vec<u8>> = None;
     while ended.iter().any(|e| !e) {
         for (i, d) in devs.iter_mut().enumerate() {
             if ended[i] {
                 continue;
             }
-            let before = out.totals[i];
-            let mut buf = match spare.take() {
-                Some(b) => b,
-                None => out.buffer()?,
-            };
+            let mut buf = out.buffer()?;
             let want = d.c.chunk().min(buf.len());
-            let n = match d.c.read_data(&mut buf[..want]) {
-                Ok(n) => n,
-                // Refused after a short read: the end, as over vfio-user.
-                Err(e) if short[i] && e.in_step() => 0,
-                Err(e) => {
-                    let who = d.who.clone();
-                    return Err(Err::<(), _>(e)
-                        .ctx(|| format!("{who}: reading migration data at byte {before}"))
-                        .unwrap_err());
+            match readers[i].read(d.c, &mut buf[..want], false) {
+                Ok(Piece::Data(n)) => out.data_buf(i, buf, n)?,
+                Ok(Piece::End) => {
+                    out.spare = Some(buf);
+                    out.end(i)?;
+                    ended[i] = true;
                 }
-            };
-            if n == 0 {
-                spare = Some(buf);
-                out.end(i)?;
-                ended[i] = true;
-                continue;
+                Err(e) => {
+                    let what = format!(
+                        "{}: reading migration data at byte {}",
+                        d.who, out.totals[i]
+                    );
+                    return Err(ops::client_failure(what, e));
+                }
             }
-            out.data_buf(i, buf, n)?;
-            short[i] = n < want;
         }
     }
     let (io, sent) = out.finish();
@@ -979,7 +971,11 @@ fn receive_one(
             if let Some(io) = conn.as_mut() {
                 send_error(&mut **io, &e);
             }
-            let notes: Vec<String> = devs.iter_mut().map(|d| d.reset_destination(true)).collect();
+            let in_step = e.in_step;
+            let notes: Vec<String> = devs
+                .iter_mut()
+                .map(|d| d.reset_destination(in_step))
+                .collect();
             e.hint = Some(format!("the migration was aborted; {}", notes.join("; ")));
             Err(e)
         }

@@ -29,12 +29,11 @@
 //! is reset, and the error says what state each is in. A connection that broke in the middle
 //! of a message (a socket or protocol error) is never reused: it is reopened first.
 
-use crate::endpoint::{Endpoint, EpError};
+use crate::endpoint::{Endpoint, EpError, Piece, StreamReader};
 use crate::util::{CliError, Context};
 use serde::Serialize;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
-use vfio_core::Errno;
 use vfio_core::{DeviceState, MigrationFlags};
 use vfio_user::{Relay, RelayError};
 
@@ -506,7 +505,7 @@ fn precopy_info(s: &mut Dev<'_>) -> Result<(u64, u64), CliError> {
 }
 
 /// A client call failed: `what` with the cause, and whether the connection is still in step.
-fn client_failure(what: String, e: EpError) -> CliError {
+pub(crate) fn client_failure(what: String, e: EpError) -> CliError {
     let in_step = e.in_step();
     let mut err = CliError::new(what).cause(e);
     err.in_step = in_step;
@@ -548,7 +547,7 @@ fn pump(
 ) -> Result<u64, (CliError, InStep)> {
     let mut buf = vec![0u8; src.chunk().min(dst.chunk()).max(4096)];
     let mut total = 0u64;
-    let mut short = false;
+    let mut reader = StreamReader::default();
     relay.pace_start();
     loop {
         let want = match limit {
@@ -558,10 +557,9 @@ fn pump(
         if want == 0 {
             break;
         }
-        let n = match src.read_data(&mut buf[..want]) {
-            Ok(n) => n,
-            Err(e) if limit.is_some() && e.errno() == Errno::ENOMSG => break,
-            Err(e) if short && e.in_step() => break,
+        let n = match reader.read(src, &mut buf[..want], limit.is_some()) {
+            Ok(Piece::Data(n)) => n,
+            Ok(Piece::End) => break,
             Err(e) => {
                 let ok = e.in_step();
                 let err =
@@ -569,9 +567,6 @@ fn pump(
                 return Err((err, (ok, true)));
             }
         };
-        if n == 0 {
-            break;
-        }
         if let Err(e) = dst.write_data(&buf[..n]) {
             let ok = e.in_step();
             let err = client_failure(
@@ -583,8 +578,7 @@ fn pump(
         relay.paced(n);
         total += n as u64;
         progress(total);
-        short = n < want;
-        if limit.is_some() && short {
+        if limit.is_some() && n < want {
             break;
         }
     }
@@ -630,14 +624,11 @@ fn read_stream(
 ) -> Result<u64, CliError> {
     let mut buf = vec![0u8; c.chunk()];
     let mut total = 0u64;
-    let mut short = false;
+    let mut reader = StreamReader::default();
     loop {
-        let n = match c.read_data(&mut buf) {
-            Ok(n) => n,
-            Err(e) if short && e.in_step() => {
-                tracing::debug!(%e, "read refused after a short reply: the end of the stream");
-                break;
-            }
+        let n = match reader.read(c, &mut buf, false) {
+            Ok(Piece::Data(n)) => n,
+            Ok(Piece::End) => break,
             Err(e) => {
                 return Err(client_failure(
                     format!("reading migration data at byte {total}"),
@@ -645,14 +636,10 @@ fn read_stream(
                 ))
             }
         };
-        if n == 0 {
-            break;
-        }
         out.write_all(&buf[..n])
             .ctx(|| "writing the output file".into())?;
         total += n as u64;
         progress(total, estimate);
-        short = n < buf.len();
     }
     out.flush().ctx(|| "writing the output file".into())?;
     Ok(total)

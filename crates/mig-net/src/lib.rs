@@ -277,7 +277,7 @@ impl ErrorMsg {
     }
 }
 
-/// A whole control frame (header + payload) ready to send.
+/// A whole frame (header + payload) ready to send.
 pub fn frame(kind: u8, vf: u16, payload: &[u8]) -> Vec<u8> {
     let h = Header {
         kind,

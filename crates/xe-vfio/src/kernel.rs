@@ -66,6 +66,21 @@ fn kerr(op: &'static str) -> impl Fn(VfioError) -> EpError {
     }
 }
 
+/// A region access that must move all `len` bytes (a short one is `EIO`).
+fn whole(op: &'static str, len: usize, r: rustix::io::Result<usize>) -> Result<(), EpError> {
+    match r {
+        Ok(n) if n == len => Ok(()),
+        Ok(_) => Err(EpError::Kernel {
+            op,
+            errno: Errno::EIO,
+        }),
+        Err(e) => Err(EpError::Kernel {
+            op,
+            errno: Errno::new(e.raw_os_error()),
+        }),
+    }
+}
+
 /// A VFIO device of the running kernel.
 pub struct KernelDevice {
     dev: VfioDevice,
@@ -202,33 +217,18 @@ impl KernelDevice {
     /// Reads `buf.len()` bytes at `off` of region `index`.
     pub fn region_read(&self, index: u32, off: u64, buf: &mut [u8]) -> Result<(), EpError> {
         let at = self.region_at(index, off, buf.len())?;
-        let n = rustix::io::pread(self.fd(), &mut *buf, at).map_err(|e| EpError::Kernel {
-            op: "region read",
-            errno: Errno::new(e.raw_os_error()),
-        })?;
-        if n != buf.len() {
-            return Err(EpError::Kernel {
-                op: "region read",
-                errno: Errno::EIO,
-            });
-        }
-        Ok(())
+        let len = buf.len();
+        whole("region read", len, rustix::io::pread(self.fd(), buf, at))
     }
 
     /// Writes `data` at `off` of region `index`.
     pub fn region_write(&self, index: u32, off: u64, data: &[u8]) -> Result<(), EpError> {
         let at = self.region_at(index, off, data.len())?;
-        let n = rustix::io::pwrite(self.fd(), data, at).map_err(|e| EpError::Kernel {
-            op: "region write",
-            errno: Errno::new(e.raw_os_error()),
-        })?;
-        if n != data.len() {
-            return Err(EpError::Kernel {
-                op: "region write",
-                errno: Errno::EIO,
-            });
-        }
-        Ok(())
+        whole(
+            "region write",
+            data.len(),
+            rustix::io::pwrite(self.fd(), data, at),
+        )
     }
 
     /// `MIG_DEVICE_STATE` SET with any raw value (for the state-machine matrix, which also

@@ -624,13 +624,8 @@ fn a_second_peer_is_turned_away_and_a_dropped_peer_leaves_the_destination_reset(
         vfs: vec![id],
     }
     .emit();
-    let h = Header {
-        kind: kind::HELLO,
-        vf: 0,
-        len: hello.len() as u32,
-    };
-    fake.write_all(&h.emit()).unwrap();
-    fake.write_all(&hello).unwrap();
+    fake.write_all(&mig_net::frame(kind::HELLO, 0, &hello))
+        .unwrap();
     let mut ack = [0u8; mig_net::HEADER_LEN];
     std::io::Read::read_exact(&mut fake, &mut ack).unwrap();
     assert_eq!(Header::parse(&ack).unwrap().kind, kind::ACCEPT);
@@ -646,13 +641,8 @@ fn a_second_peer_is_turned_away_and_a_dropped_peer_leaves_the_destination_reset(
     assert_eq!(state(&a.sockets[0]), DeviceState::Running);
 
     // The first peer sends 1 MiB of its stream and vanishes.
-    let d = Header {
-        kind: kind::DATA,
-        vf: 0,
-        len: MIB as u32,
-    };
-    fake.write_all(&d.emit()).unwrap();
-    fake.write_all(&stream[..MIB as usize]).unwrap();
+    fake.write_all(&mig_net::frame(kind::DATA, 0, &stream[..MIB as usize]))
+        .unwrap();
     drop(fake);
     let (ok, _, err) = r.finish();
     assert!(!ok);
@@ -735,12 +725,7 @@ fn a_destination_that_drops_mid_stream_leaves_every_source_running() {
         let mut p = vec![0u8; h.len as usize];
         std::io::Read::read_exact(&mut s, &mut p).unwrap();
         assert_eq!(Hello::parse(&p).unwrap().vfs.len(), 2);
-        let ack = Header {
-            kind: kind::ACCEPT,
-            vf: 0,
-            len: 0,
-        };
-        s.write_all(&ack.emit()).unwrap();
+        s.write_all(&mig_net::frame(kind::ACCEPT, 0, &[])).unwrap();
         // Take 2 MiB of the streams, then vanish.
         let mut sink = vec![0u8; 2 * MIB as usize];
         std::io::Read::read_exact(&mut s, &mut sink).unwrap();

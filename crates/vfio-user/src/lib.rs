@@ -17,8 +17,9 @@ pub mod msg;
 pub mod relay;
 pub mod server;
 mod sock;
+pub mod splice;
 
 pub use client::{Client, ClientError};
-pub use relay::{Pacer, Relay, RelayError};
+pub use relay::{MigReads, Pacer, Relay, RelayError};
 pub use server::{Server, ServerOptions};
 pub use sock::tune as tune_socket;

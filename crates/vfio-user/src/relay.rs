@@ -4,31 +4,21 @@
 //! MIG_DATA_READ replies from the source and sends the same bytes to the destination as
 //! MIG_DATA_WRITE. Through a buffer that costs two copies of every byte in this process;
 //! instead, the data part of each reply is spliced from the source's socket into the
-//! destination's through a pipe (`splice(2)`), which on Linux hands page references along
-//! instead of copying. Headers are still read and checked here, and only the byte count a
-//! reply announced is spliced, so framing is never guessed. Where the kernel refuses `splice`
-//! on these fds, the relay copies through a buffer instead, with the same results.
+//! destination's ([`Splicer`]). Headers are still read and checked here, and only the byte
+//! count a reply announced is spliced, so framing is never guessed.
 //!
 //! The next MIG_DATA_READ goes out as soon as a chunk has been handed to the destination, so
 //! the source produces chunk k+1 while the destination applies chunk k.
-//!
-//! `splice` has no `MSG_NOSIGNAL`: a destination that hangs up raises `SIGPIPE`, which Rust
-//! programs ignore (the error then arrives as `EPIPE`); C hosts must ignore it too.
 
 use crate::client::{Client, ClientError, MigReadHead};
-use rustix::fd::OwnedFd;
-use rustix::pipe::{PipeFlags, SpliceFlags};
+use crate::splice::{PassError, Splicer};
+use rustix::fd::AsFd;
 use std::collections::VecDeque;
-use std::io::{self, Read};
-use std::os::unix::net::UnixStream;
 use thiserror::Error;
 use vfio_core::Errno;
 
 /// Requests of each kind kept in flight.
-const DEPTH: usize = 4;
-
-/// Pipe capacity asked for: one default `max_data_xfer_size` (the unprivileged maximum).
-const PIPE_SIZE: usize = 1 << 20;
+pub const DEPTH: usize = 4;
 
 /// Which side failed, and where in the stream.
 #[derive(Debug, Error)]
@@ -48,21 +38,9 @@ impl RelayError {
     }
 }
 
-/// How bytes move between the sockets.
-enum Mover {
-    Splice {
-        rd: OwnedFd,
-        wr: OwnedFd,
-        cap: usize,
-    },
-    Copy,
-}
-
 /// Relays a migration stream from a source server to a destination server.
 pub struct Relay {
-    mover: Mover,
-    /// For the copy fallback and for discarding.
-    buf: Vec<u8>,
+    splicer: Splicer,
     /// After a failed run: whether each connection (source, destination) is still in step.
     in_step: (bool, bool),
     /// Bytes per second at most ([`Relay::set_max_bandwidth`]), and this run's pace so far.
@@ -108,41 +86,20 @@ impl Pacer {
 /// A relay failure, and whether the source's and the destination's connections are in step.
 type Failure = (RelayError, bool, bool);
 
-/// Which connection broke while passing data; for the destination, how many bytes of the
-/// message are still on the source's connection.
-enum Side {
-    Src(io::Error),
-    Dst(io::Error, usize),
-}
-
 impl Relay {
     /// A relay that splices when the kernel allows it.
     pub fn new() -> Relay {
-        let mover = match rustix::pipe::pipe_with(PipeFlags::CLOEXEC) {
-            Ok((rd, wr)) => {
-                // Best effort: a smaller pipe only means more splice calls.
-                let _ = rustix::pipe::fcntl_setpipe_size(&wr, PIPE_SIZE);
-                let cap = rustix::pipe::fcntl_getpipe_size(&wr).unwrap_or(64 << 10);
-                Mover::Splice { rd, wr, cap }
-            }
-            Err(e) => {
-                tracing::debug!(%e, "no pipe for splicing; the relay copies");
-                Mover::Copy
-            }
-        };
-        Relay {
-            mover,
-            buf: Vec::new(),
-            in_step: (true, true),
-            pace: None,
-        }
+        Relay::with(Splicer::new())
     }
 
     /// A relay that always copies through a buffer (the fallback, for comparison and tests).
     pub fn copying() -> Relay {
+        Relay::with(Splicer::copying())
+    }
+
+    fn with(splicer: Splicer) -> Relay {
         Relay {
-            mover: Mover::Copy,
-            buf: Vec::new(),
+            splicer,
             in_step: (true, true),
             pace: None,
         }
@@ -180,7 +137,7 @@ impl Relay {
 
     /// Whether data is spliced (false once the kernel refused and the relay fell back).
     pub fn splicing(&self) -> bool {
-        matches!(self.mover, Mover::Splice { .. })
+        self.splicer.splicing()
     }
 
     /// Moves the whole stream: MIG_DATA_READ from `src` until the end of the stream, each
@@ -229,26 +186,21 @@ impl Relay {
     ) -> Result<u64, RelayError> {
         self.in_step = (true, true);
         self.pace_start();
+        let want = src.max_xfer().min(dst.max_xfer()) as usize;
         let mut p = Pipeline {
-            want: src.max_xfer().min(dst.max_xfer()) as usize,
+            reads: MigReads::new(want, limit),
             relay: self,
             src,
             dst,
-            asks: VecDeque::new(),
             writes: VecDeque::new(),
             total: 0,
-            short: false,
-            round: limit.is_some(),
-            ask_left: limit.unwrap_or(u64::MAX),
-            stop_asking: false,
         };
         let failure = loop {
             let step = p.send_reads().and_then(|()| p.next_chunk());
             let end = match step {
-                Ok(n) => n == 0 && !p.round,
+                Ok(n) => p.reads.ended(n),
                 Err(f) => break f,
             };
-            let end = end || (p.round && p.asks.is_empty());
             // Take write answers down to DEPTH - 1 in flight (none once the source ended).
             if let Err(f) = p.take_write_answers(if end { 0 } else { DEPTH - 1 }, progress) {
                 break f;
@@ -260,109 +212,26 @@ impl Relay {
         Err(p.abort(failure))
     }
 
-    /// Sends one message to `to`: `head` (header and fixed part), then exactly `n` bytes taken
-    /// from `from`. Spliced, the head is sent first and the data follows, spliced as it
-    /// arrives (a peer must read a body in as many `recv`s as it takes — ours does). Copied,
-    /// the data is read into a buffer and the whole message sent with one `sendmsg`, for
-    /// peers that read a body with one `recv`.
-    fn pass_message(
-        &mut self,
-        from: &UnixStream,
-        to: &UnixStream,
-        head: &[u8],
-        n: usize,
-    ) -> Result<(), Side> {
-        if !self.splicing() {
-            return self.copy_message(from, to, head, n);
-        }
-        crate::sock::send_all(to, &[head], &[]).map_err(|e| Side::Dst(e, n))?;
-        let mut left = n;
-        while left > 0 {
-            let Mover::Splice { rd, wr, cap } = &self.mover else {
-                return self.copy_data(from, to, left);
-            };
-            let k = match rustix::pipe::splice(from, None, wr, None, left.min(*cap), splice_flags())
-            {
-                Ok(0) => return Err(Side::Src(eof())),
-                Ok(k) => k,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(rustix::io::Errno::INVAL) if left == n => {
-                    // Nothing was taken from the socket yet: switch to copying for good.
-                    tracing::info!("splice refused on these sockets; the relay copies");
-                    self.mover = Mover::Copy;
-                    continue;
-                }
-                Err(e) => return Err(Side::Src(e.into())),
-            };
-            left -= k;
-            let mut out = 0;
-            while out < k {
-                match rustix::pipe::splice(rd, None, to, None, k - out, splice_flags()) {
-                    Ok(0) => return Err(Side::Dst(eof(), left)),
-                    Ok(m) => out += m,
-                    Err(rustix::io::Errno::INTR) => continue,
-                    Err(e) => return Err(Side::Dst(e.into(), left)),
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The rest of a message's data, copied (after splice was refused mid-way).
-    fn copy_data(&mut self, mut from: &UnixStream, to: &UnixStream, n: usize) -> Result<(), Side> {
-        if self.buf.len() < n {
-            self.buf.resize(n, 0);
-        }
-        from.read_exact(&mut self.buf[..n]).map_err(Side::Src)?;
-        crate::sock::send_all(to, &[&self.buf[..n]], &[]).map_err(|e| Side::Dst(e, 0))
-    }
-
-    fn copy_message(
-        &mut self,
-        mut from: &UnixStream,
-        to: &UnixStream,
-        head: &[u8],
-        n: usize,
-    ) -> Result<(), Side> {
-        // `n` is at most the negotiated max_data_xfer_size (16 MiB at most).
-        if self.buf.len() < n {
-            self.buf.resize(n, 0);
-        }
-        from.read_exact(&mut self.buf[..n]).map_err(Side::Src)?;
-        crate::sock::send_all(to, &[head, &self.buf[..n]], &[]).map_err(|e| Side::Dst(e, 0))
-    }
-
-    /// Reads and drops one MIG_DATA_READ reply (best effort).
-    fn discard_reply(&mut self, src: &mut Client, want: usize) {
-        if let Ok(h) = src.recv_mig_data_read_head(want) {
-            self.discard(src, h.data + h.padding);
-        }
-    }
-
     /// Reads and drops `n` bytes of the source's connection (best effort).
     fn discard(&mut self, src: &mut Client, n: usize) {
-        if self.buf.len() < PIPE_SIZE {
-            self.buf.resize(PIPE_SIZE, 0);
-        }
-        let mut left = n;
-        let mut s = src.socket();
-        while left > 0 {
-            let k = left.min(self.buf.len());
-            if s.read_exact(&mut self.buf[..k]).is_err() {
-                return;
-            }
-            left -= k;
-        }
+        self.splicer.discard(src.socket(), n);
     }
 }
 
-/// One relay run's requests in flight. Servers answer in order, so a queued read lets the
-/// source start its next chunk at once, and a queued write lets the destination take the next
-/// chunk while this one's answer travels back.
-struct Pipeline<'a> {
-    relay: &'a mut Relay,
-    src: &'a mut Client,
-    dst: &'a mut Client,
+/// A device's migration stream read with requests kept in flight: the next MIG_DATA_READ
+/// goes out before the last one's data is taken, so the source prepares chunk k+1 while chunk
+/// k travels on. Servers answer in order. It holds the end-of-stream rule for such a pipeline:
+/// the end is a reply with no data — or an error reply right after a short one (the spec text
+/// ends the stream at the first short reply; libvfio-user lets a device return short reads
+/// mid-stream and ends it with 0 bytes; reading on to the 0-byte reply is right under both
+/// readings). In a pre-copy round, a short reply or `ENOMSG` (the kernel's "no data ready
+/// now") ends the round: no more reads are sent, those in flight are still answered and their
+/// data passed on, so no byte of the stream is ever dropped.
+///
+/// The caller takes each reply's data off the socket (and then its padding) between
+/// [`MigReads::next`] calls.
+#[derive(Debug)]
+pub struct MigReads {
     /// Bytes asked by a read (at most).
     want: usize,
     /// The size asked by each read sent and not answered yet.
@@ -373,12 +242,121 @@ struct Pipeline<'a> {
     ask_left: u64,
     /// The round's end showed: no more reads are sent.
     stop_asking: bool,
+    /// The last reply was short (a server reading the spec literally may refuse the next read).
+    short: bool,
+}
+
+impl MigReads {
+    /// Reads of at most `want` bytes each: the whole stream (`limit` `None`), or one pre-copy
+    /// round of at most `limit` bytes.
+    pub fn new(want: usize, limit: Option<u64>) -> MigReads {
+        MigReads {
+            want,
+            asks: VecDeque::new(),
+            round: limit.is_some(),
+            ask_left: limit.unwrap_or(u64::MAX),
+            stop_asking: false,
+            short: false,
+        }
+    }
+
+    /// Keeps [`DEPTH`] reads in flight (in a round, while there is something left to ask for).
+    /// An error here is the connection's own: it may hold half a message.
+    pub fn ask(&mut self, src: &mut Client) -> Result<(), ClientError> {
+        while self.asks.len() < DEPTH && !self.stop_asking && self.ask_left > 0 {
+            let k = (self.want as u64).min(self.ask_left) as usize;
+            src.send_mig_data_read(k)?;
+            self.asks.push_back(k);
+            self.ask_left -= k as u64;
+        }
+        Ok(())
+    }
+
+    /// The next reply's head; `None` for a read refused at the end (of the stream, or of a
+    /// round). Its data (and then its padding) must be taken off the socket before the next
+    /// call. After an error, [`ClientError::in_step`] says whether the connection is usable.
+    pub fn next(&mut self, src: &mut Client) -> Result<Option<MigReadHead>, ClientError> {
+        let Some(&want) = self.asks.front() else {
+            return Ok(None);
+        };
+        let head = match src.recv_mig_data_read_head(want) {
+            Ok(h) => h,
+            Err(err) if self.round && err.errno() == Errno::ENOMSG && err.in_step() => {
+                // Pre-copy: no data ready now. The round ends; the stream goes on.
+                self.asks.pop_front();
+                self.stop_asking = true;
+                return Ok(None);
+            }
+            Err(err) if self.short && err.in_step() => {
+                // Refused after a short reply: the end, as the spec text has it.
+                self.asks.pop_front();
+                tracing::debug!(%err, "read refused after a short reply: the end of the stream");
+                return Ok(None);
+            }
+            Err(err) => {
+                // An error reply is a whole message: the connection stays in step.
+                if err.in_step() {
+                    self.asks.pop_front();
+                }
+                return Err(err);
+            }
+        };
+        self.asks.pop_front();
+        self.short = head.data < want;
+        if self.round && self.short {
+            self.stop_asking = true;
+        }
+        Ok(Some(head))
+    }
+
+    /// Whether the stream (or the round) ended with a reply that brought `n` bytes.
+    pub fn ended(&self, n: usize) -> bool {
+        if self.round {
+            self.asks.is_empty()
+        } else {
+            n == 0
+        }
+    }
+
+    /// After the end: the reads still in flight must be answered with no data (or refused).
+    pub fn finish(&mut self, src: &mut Client) -> Result<(), ClientError> {
+        while let Some(want) = self.asks.pop_front() {
+            match src.recv_mig_data_read_head(want) {
+                Ok(MigReadHead { data: 0, padding }) => src.discard(padding)?,
+                Err(err) if err.in_step() => {}
+                Ok(MigReadHead { data, .. }) => {
+                    let msg = format!("{data} bytes of migration data after the end of the stream");
+                    return Err(ClientError::Protocol(msg));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    /// After a failure, on a connection still in step: takes and drops the answers to the
+    /// reads in flight (best effort).
+    pub fn abandon(&mut self, src: &mut Client, splicer: &mut Splicer) {
+        while let Some(want) = self.asks.pop_front() {
+            if let Ok(h) = src.recv_mig_data_read_head(want) {
+                splicer.discard(src.socket(), h.data + h.padding);
+            }
+        }
+    }
+}
+
+/// One relay run's requests in flight: reads from the source ([`MigReads`]), and writes to
+/// the destination, so the destination takes the next chunk while this one's answer travels
+/// back.
+struct Pipeline<'a> {
+    relay: &'a mut Relay,
+    src: &'a mut Client,
+    dst: &'a mut Client,
+    reads: MigReads,
     /// Sizes of the writes sent and not answered yet.
     writes: VecDeque<usize>,
     /// Bytes the destination accepted.
     total: u64,
-    /// The last reply was short (a server reading the spec literally may refuse the next read).
-    short: bool,
 }
 
 impl Pipeline<'_> {
@@ -394,44 +372,19 @@ impl Pipeline<'_> {
         )
     }
 
-    /// Keeps DEPTH reads in flight (in a round, while there is something left to ask for).
     fn send_reads(&mut self) -> Result<(), Failure> {
-        while self.asks.len() < DEPTH && !self.stop_asking && self.ask_left > 0 {
-            let k = (self.want as u64).min(self.ask_left) as usize;
-            if let Err(err) = self.src.send_mig_data_read(k) {
-                return Err(self.source_broke(err));
-            }
-            self.asks.push_back(k);
-            self.ask_left -= k as u64;
-        }
-        Ok(())
+        self.reads
+            .ask(self.src)
+            .map_err(|err| self.source_broke(err))
     }
 
     /// Takes the next read's answer and passes its data on as a write; returns its size.
     fn next_chunk(&mut self) -> Result<usize, Failure> {
-        let Some(&want) = self.asks.front() else {
-            return Ok(0);
-        };
-        let head = match self.src.recv_mig_data_read_head(want) {
-            Ok(h) => h,
-            Err(err) if self.round && err.errno() == Errno::ENOMSG && err.in_step() => {
-                // Pre-copy: no data ready now. The round ends; the stream goes on.
-                self.asks.pop_front();
-                self.stop_asking = true;
-                return Ok(0);
-            }
-            Err(err) if self.short && err.in_step() => {
-                // Refused after a short reply: the end, as the spec text has it.
-                self.asks.pop_front();
-                tracing::debug!(%err, "read refused after a short reply: the end of the stream");
-                return Ok(0);
-            }
+        let head = match self.reads.next(self.src) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(0),
             Err(err) => {
-                // An error reply is a whole message: the connection stays in step.
                 let ok = err.in_step();
-                if ok {
-                    self.asks.pop_front();
-                }
                 return Err((
                     RelayError::Source {
                         at: self.total,
@@ -442,26 +395,20 @@ impl Pipeline<'_> {
                 ));
             }
         };
-        self.asks.pop_front();
         let (n, padding) = (head.data, head.padding);
-        self.short = n < want;
-        if self.round && self.short {
-            self.stop_asking = true;
-        }
         if n > 0 {
             let at = self.total + self.writes.iter().sum::<usize>() as u64;
             let head = self.dst.mig_data_write_head(n);
-            match self
-                .relay
-                .pass_message(self.src.socket(), self.dst.socket(), &head, n)
-            {
+            let (from, to) = (self.src.socket().as_fd(), self.dst.socket().as_fd());
+            match self.relay.splicer.pass(from, to, &head, n) {
                 Ok(()) => self.relay.paced(n),
-                Err(Side::Src(e)) => {
+                Err(PassError::Source(e)) => {
                     return Err((RelayError::Source { at, err: e.into() }, false, false));
                 }
-                Err(Side::Dst(e, left)) => {
+                Err(PassError::Destination { err, left }) => {
                     self.relay.discard(self.src, left + padding);
-                    return Err((RelayError::Destination { at, err: e.into() }, true, false));
+                    let err = err.into();
+                    return Err((RelayError::Destination { at, err }, true, false));
                 }
             }
             self.writes.push_back(n);
@@ -501,21 +448,9 @@ impl Pipeline<'_> {
     /// After the end: the reads still in flight must be answered with no data (or refused).
     fn finish(&mut self) -> Result<u64, RelayError> {
         let at = self.total;
-        while let Some(want) = self.asks.pop_front() {
-            match self.src.recv_mig_data_read_head(want) {
-                Ok(MigReadHead { data: 0, padding }) => self
-                    .src
-                    .discard(padding)
-                    .map_err(|err| RelayError::Source { at, err })?,
-                Err(err) if err.in_step() => {}
-                Ok(MigReadHead { data, .. }) => {
-                    let msg = format!("{data} bytes of migration data after the end of the stream");
-                    let err = ClientError::Protocol(msg);
-                    return Err(RelayError::Source { at, err });
-                }
-                Err(err) => return Err(RelayError::Source { at, err }),
-            }
-        }
+        self.reads
+            .finish(self.src)
+            .map_err(|err| RelayError::Source { at, err })?;
         Ok(self.total)
     }
 
@@ -523,9 +458,7 @@ impl Pipeline<'_> {
     fn abort(&mut self, (err, src_in_step, dst_in_step): Failure) -> RelayError {
         self.relay.in_step = (src_in_step, dst_in_step);
         if src_in_step {
-            while let Some(want) = self.asks.pop_front() {
-                self.relay.discard_reply(self.src, want);
-            }
+            self.reads.abandon(self.src, &mut self.relay.splicer);
         }
         if dst_in_step {
             for _ in 0..self.writes.len() {
@@ -540,15 +473,4 @@ impl Default for Relay {
     fn default() -> Self {
         Relay::new()
     }
-}
-
-fn splice_flags() -> SpliceFlags {
-    SpliceFlags::MOVE
-}
-
-fn eof() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::UnexpectedEof,
-        "connection closed in the middle of migration data",
-    )
 }

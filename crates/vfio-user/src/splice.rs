@@ -93,8 +93,7 @@ impl Splicer {
         if !self.splicing() {
             return self.copy(from, to, head, n);
         }
-        crate::sock::send_all(to, &[head], &[])
-            .map_err(|err| PassError::Destination { err, left: n })?;
+        send_more(to, head).map_err(|err| PassError::Destination { err, left: n })?;
         let mut left = n;
         while left > 0 {
             let Mover::Splice { rd, wr, cap } = &self.mover else {
@@ -165,6 +164,22 @@ impl Default for Splicer {
     fn default() -> Self {
         Splicer::new()
     }
+}
+
+/// Sends all of `head` flagged `MSG_MORE`: the data follows at once, so a TCP connection
+/// sends the two together instead of the head in a segment of its own (which would wake the
+/// peer for a few bytes); a UNIX socket ignores the flag.
+fn send_more(to: BorrowedFd<'_>, head: &[u8]) -> io::Result<()> {
+    let mut sent = 0;
+    while sent < head.len() {
+        let flags = rustix::net::SendFlags::NOSIGNAL | rustix::net::SendFlags::MORE;
+        match rustix::net::send(to, &head[sent..], flags) {
+            Ok(k) => sent += k,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 fn read_exact(from: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<()> {

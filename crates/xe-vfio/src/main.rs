@@ -592,10 +592,11 @@ fn print_matrix(dev: &str, cells: &[kernel::Cell]) {
 
 fn print_remote(r: &net::RemoteReport) {
     println!(
-        "migrated {} VF(s) → {} over {}",
+        "migrated {} VF(s) → {} over {}{}",
         r.vfs.len(),
         r.destination,
-        r.transport
+        r.transport,
+        if r.spliced { ", data spliced" } else { "" }
     );
     if let Some(p) = &r.pre_copy {
         let how = if p.converged {

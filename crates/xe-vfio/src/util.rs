@@ -99,7 +99,7 @@ pub trait Context<T> {
 
 /// A client error as a tool's: the remote errno with its hint, or the socket/protocol cause
 /// (after which the connection is out of step).
-fn client_error(what: String, e: &ClientError) -> CliError {
+pub(crate) fn client_error(what: String, e: &ClientError) -> CliError {
     let mut c = CliError::new(what);
     match e {
         ClientError::Remote { errno, .. } => {

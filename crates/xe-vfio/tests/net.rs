@@ -318,26 +318,34 @@ fn migrate_tls(
     tls: [&str; 3],
     extra: &[&str],
 ) -> serde_json::Value {
-    let from: Vec<String> = src
-        .sockets
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-    let from = from.join(",");
-    let mut args = vec![
-        "migrate",
-        "--from",
-        &from,
-        "--to",
-        url,
+    let sec = [
         "--tls-cert",
         tls[0],
         "--tls-key",
         tls[1],
         "--tls-ca",
         tls[2],
-        "--json",
     ];
+    migrate_json(net, src, url, &sec, extra)
+}
+
+/// `migrate` of all of `src`'s VFs to `url` with `sec` (the TLS options, or `--insecure`) and
+/// `extra` options, on the source host; the JSON report.
+fn migrate_json(
+    net: &Net,
+    src: &Host,
+    url: &str,
+    sec: &[&str],
+    extra: &[&str],
+) -> serde_json::Value {
+    let from: Vec<String> = src
+        .sockets
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let from = from.join(",");
+    let mut args = vec!["migrate", "--from", &from, "--to", url, "--json"];
+    args.extend_from_slice(sec);
     args.extend_from_slice(extra);
     let out = net.run(&args);
     assert!(
@@ -346,21 +354,39 @@ fn migrate_tls(
         String::from_utf8_lossy(&out.stderr)
     );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !err.contains("WARNING"),
-        "TLS runs say nothing of --insecure: {err}"
+    assert_eq!(
+        err.contains("WARNING"),
+        sec == ["--insecure"],
+        "--insecure warns, TLS runs say nothing of it: {err}"
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]
 fn a_busy_group_of_three_vfs_moves_between_hosts_over_mutual_tls() {
+    busy_group_of_three(
+        "a_busy_group_of_three_vfs_moves_between_hosts_over_mutual_tls",
+        true,
+    );
+}
+
+/// Over plain TCP the data is spliced (it never enters either side's process): the same
+/// group, the same checks.
+#[test]
+fn a_busy_group_of_three_vfs_moves_between_hosts_over_plain_tcp_spliced() {
+    busy_group_of_three(
+        "a_busy_group_of_three_vfs_moves_between_hosts_over_plain_tcp_spliced",
+        false,
+    );
+}
+
+fn busy_group_of_three(name: &str, tls: bool) {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), "site");
     let (dc, dk) = pki.issue("dst", false);
     let (sc, sk) = pki.issue("src", false);
     let ca = pki.ca_path("site");
-    let net = Net::new("a_busy_group_of_three_vfs_moves_between_hosts_over_mutual_tls");
+    let net = Net::new(name);
     let a = host(&dir.path().join("a"), Platform::Bmg, 3, 16 * MIB);
     let b = host(&dir.path().join("b"), Platform::Bmg, 3, 16 * MIB);
     let hw = |h: &Host, i: u32| h.pf.vf(i).unwrap().hw.clone();
@@ -376,21 +402,25 @@ fn a_busy_group_of_three_vfs_moves_between_hosts_over_mutual_tls() {
             .mmio_write32(vf::med_vf_sw_flag(0), 0xfeed_0000 + i)
             .unwrap();
     }
+    let (dst_sec, src_sec) = if tls {
+        (
+            vec!["--tls-cert", &dc, "--tls-key", &dk, "--tls-ca", &ca],
+            vec!["--tls-cert", &sc, "--tls-key", &sk, "--tls-ca", &ca],
+        )
+    } else {
+        (vec!["--insecure"], vec!["--insecure"])
+    };
+    let mut recv_args = dst_sec.clone();
+    recv_args.push("--json");
     let r = Receive::start(
         &net,
         &[&b.sockets[0], &b.sockets[1], &b.sockets[2]],
-        &[
-            "--tls-cert",
-            &dc,
-            "--tls-key",
-            &dk,
-            "--tls-ca",
-            &ca,
-            "--json",
-        ],
+        &recv_args,
     );
-    let rep = migrate_tls(&net, &a, &r.url(), [&sc, &sk, &ca], &[]);
-    assert!(rep["transport"].as_str().unwrap().contains("TLS"), "{rep}");
+    let rep = migrate_json(&net, &a, &r.url(), &src_sec, &[]);
+    let transport = rep["transport"].as_str().unwrap();
+    assert_eq!(transport.contains("TLS"), tls, "{rep}");
+    assert_eq!(rep["spliced"], !tls, "{rep}");
     assert_eq!(rep["vfs"].as_array().unwrap().len(), 3);
     for v in rep["vfs"].as_array().unwrap() {
         assert_eq!(v["destination_state"], "RUNNING", "{rep}");
@@ -403,6 +433,7 @@ fn a_busy_group_of_three_vfs_moves_between_hosts_over_mutual_tls() {
         rr["states"],
         serde_json::json!(["RUNNING", "RUNNING", "RUNNING"])
     );
+    assert_eq!(rr["spliced"], !tls, "{rr}");
 
     // Bit for bit: VF2, VF3 whole; VF1's queued jobs complete on the destination after the
     // fixups and its data equals the guest's model.
@@ -749,4 +780,59 @@ fn a_destination_that_drops_mid_stream_leaves_every_source_running() {
         assert_eq!(state(&a.sockets[i as usize - 1]), DeviceState::Running);
         assert!(lmem(&a.pf.vf(i).unwrap().hw) == pattern(8 << 20, 20 + i));
     }
+}
+
+/// A stream the destination VF refuses, spliced into it with writes in flight: the destination
+/// tells the source why (an ERROR frame with the VF's errno), resets its VF (reopening the
+/// connection the abandoned writes left out of step) and it runs again.
+#[test]
+fn a_stream_the_destination_vf_refuses_mid_splice_aborts_and_resets_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = host(&dir.path().join("b"), Platform::Bmg, 1, 8 * MIB);
+    let id = VfInfo {
+        vendor: 0x8086,
+        device: b.pf.device_id(),
+        revision: b.pf.revision(),
+        mig_flags: 0x3,
+        bar2: 8 * MIB,
+    };
+    let net = Net::new("a_stream_the_destination_vf_refuses_mid_splice_aborts_and_resets_it");
+    let r = Receive::start(&net, &[&b.sockets[0]], &["--insecure"]);
+    let mut fake = net.connect(&r.addr);
+    let hello = Hello {
+        version: mig_net::VERSION,
+        flags: 0,
+        vfs: vec![id],
+    }
+    .emit();
+    fake.write_all(&mig_net::frame(kind::HELLO, 0, &hello))
+        .unwrap();
+    let mut h = [0u8; mig_net::HEADER_LEN];
+    std::io::Read::read_exact(&mut fake, &mut h).unwrap();
+    assert_eq!(Header::parse(&h).unwrap().kind, kind::ACCEPT);
+    // Four frames of what is no migration stream, and their END.
+    let junk = vec![0xa5u8; 256 << 10];
+    for _ in 0..4 {
+        fake.write_all(&mig_net::frame(kind::DATA, 0, &junk))
+            .unwrap();
+    }
+    fake.write_all(&mig_net::frame(kind::END, 0, &(4u64 << 18).to_le_bytes()))
+        .unwrap();
+    std::io::Read::read_exact(&mut fake, &mut h).unwrap();
+    let h = Header::parse(&h).unwrap();
+    assert_eq!(h.kind, kind::ERROR);
+    let mut p = vec![0u8; h.len as usize];
+    std::io::Read::read_exact(&mut fake, &mut p).unwrap();
+    let m = mig_net::ErrorMsg::parse(&p).unwrap();
+    assert!(m.errno != 0, "{m:?}");
+    assert!(
+        m.message.contains("writing migration data at byte 0"),
+        "{m:?}"
+    );
+    drop(fake);
+    let (ok, _, err) = r.finish();
+    assert!(!ok);
+    assert!(err.contains("writing migration data at byte 0"), "{err}");
+    assert!(err.contains("was reset and is RUNNING"), "{err}");
+    assert_eq!(state(&b.sockets[0]), DeviceState::Running);
 }

@@ -9,6 +9,13 @@
 //! skip that state, as the kernel's table does). The streams are interleaved on the connection,
 //! one DATA frame per read of each VF in turn. Any failure aborts the group: every source VF
 //! back to RUNNING with its state, every destination VF reset and reported.
+//!
+//! Over plain TCP between vfio-user VFs the data never enters this process: each reply's
+//! data is spliced from the VF's socket into the connection, and each frame's from the
+//! connection into the VF's socket ([`spliced`]). Through TLS it must (to be encrypted): a
+//! thread on each side overlaps the encryption with reading the VFs.
+
+mod spliced;
 
 use crate::endpoint::{Endpoint, Piece, StreamReader};
 use crate::ops::{self, Dev, Next, Planner, PreCopyOpts, PreCopyReport};
@@ -149,8 +156,44 @@ fn server_config(f: &TlsFiles) -> Result<Arc<ServerConfig>, CliError> {
 }
 
 /// Either side's connection.
-trait Conn: Read + Write + Send {}
-impl<T: Read + Write + Send> Conn for T {}
+trait Conn: Read + Write + Send {
+    /// The TCP connection itself when nothing is layered on it (`--insecure`): data may then
+    /// be spliced between it and the VFs' sockets.
+    fn plain(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl Conn for TcpStream {
+    fn plain(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+impl Conn for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {}
+impl Conn for rustls::StreamOwned<rustls::ServerConnection, Buffered> {}
+
+/// The TCP connection under the destination's TLS, read through a buffer: rustls reads at
+/// most a record (often 4 KiB) at a time, one `recv` each without it; 256 KiB reads take a
+/// fraction of the system calls for one more copy in this process.
+struct Buffered(io::BufReader<TcpStream>);
+
+impl Read for Buffered {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        self.0.read(b)
+    }
+}
+
+impl Write for Buffered {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.get_mut().write(b)
+    }
+    fn write_vectored(&mut self, b: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.get_mut().write_vectored(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.get_mut().flush()
+    }
+}
 
 /// A connection and how it is protected ("TLS1.3 TLS13_AES_256_GCM_SHA384" or "plain TCP").
 struct Link {
@@ -176,6 +219,7 @@ fn connect(url: &str, sec: &Security, timeout: Duration) -> Result<Link, CliErro
         .ok_or_else(|| CliError::new(format!("{url}: no port")))?;
     let tcp = TcpStream::connect(addr).ctx(|| format!("connecting to {addr}"))?;
     tcp.set_nodelay(true).ctx(|| "TCP_NODELAY".into())?;
+    vfio_user::tune_socket(&tcp);
     tcp.set_read_timeout(Some(timeout))
         .ctx(|| "socket timeout".into())?;
     sec.warn();
@@ -206,7 +250,7 @@ fn connect(url: &str, sec: &Security, timeout: Duration) -> Result<Link, CliErro
     }
 }
 
-fn send(w: &mut dyn Conn, kind: u8, vf: u16, payload: &[u8]) -> io::Result<()> {
+fn send<W: Write + ?Sized>(w: &mut W, kind: u8, vf: u16, payload: &[u8]) -> io::Result<()> {
     let h = Header {
         kind,
         vf,
@@ -221,7 +265,7 @@ fn proto(what: impl Into<String>) -> CliError {
     CliError::new(what)
 }
 
-fn recv_header(r: &mut dyn Conn) -> Result<Header, CliError> {
+fn recv_header<R: Read + ?Sized>(r: &mut R) -> Result<Header, CliError> {
     let mut h = [0u8; HEADER_LEN];
     r.read_exact(&mut h).map_err(|e| {
         let what = if matches!(
@@ -237,18 +281,23 @@ fn recv_header(r: &mut dyn Conn) -> Result<Header, CliError> {
     Header::parse(&h).map_err(|e| proto("a malformed frame from the peer").cause(e))
 }
 
-/// A control frame: its header and payload (at most [`MAX_CONTROL`] bytes, checked by the
-/// header's parse before anything is allocated).
+/// A control frame: its header and payload.
 fn recv_control(r: &mut dyn Conn) -> Result<(Header, Vec<u8>), CliError> {
     let h = recv_header(r)?;
     if h.kind == kind::DATA {
         return Err(proto("a DATA frame where a control frame was due"));
     }
-    debug_assert!(h.len <= MAX_CONTROL);
+    Ok((h, recv_payload(r, &h)?))
+}
+
+/// The payload of a control frame whose header `h` was read (at most [`MAX_CONTROL`] bytes,
+/// checked by the header's parse before anything is allocated).
+fn recv_payload<R: Read + ?Sized>(r: &mut R, h: &Header) -> Result<Vec<u8>, CliError> {
+    debug_assert!(h.kind == kind::DATA || h.len <= MAX_CONTROL);
     let mut p = vec![0u8; h.len as usize];
     r.read_exact(&mut p)
         .map_err(|e| proto(format!("reading a frame from the peer: {e}")))?;
-    Ok((h, p))
+    Ok(p)
 }
 
 /// An ERROR frame from the peer as our error.
@@ -283,6 +332,9 @@ fn send_error(w: &mut dyn Conn, e: &CliError) {
 pub struct RemoteReport {
     pub destination: String,
     pub transport: String,
+    /// The stop-copy data went from the VFs' sockets into the connection without entering
+    /// this process (plain TCP, vfio-user VFs).
+    pub spliced: bool,
     pub vfs: Vec<RemoteVf>,
     pub bytes: u64,
     /// From the first source VF leaving RUNNING to the destination's RESULT (all RUNNING).
@@ -389,6 +441,7 @@ pub fn migrate_remote(
         k => return Err(proto(format!("{url}: frame kind {k} where ACCEPT was due"))),
     }
     let mut stopped = vec![None; devs.len()];
+    let spliced = link.io.plain().is_some() && spliced::all_vfio_user(&mut devs);
     let mut out = Out::start(link.io, opts.max_bandwidth.and_then(Pacer::new), devs.len());
     let mut conn = None;
     let mut pre = None;
@@ -396,7 +449,7 @@ pub fn migrate_remote(
         if let Some(p) = opts.pre_copy {
             pre = Some(pre_copy_group(&mut devs, &mut out, p, opts.max_bandwidth)?);
         }
-        switch_and_send(&mut devs, &mut out, &mut stopped, &mut conn)
+        switch_and_send(&mut devs, &mut out, &mut stopped, &mut conn, spliced)
     })();
     if conn.is_none() {
         conn = out.finish().0;
@@ -440,6 +493,7 @@ pub fn migrate_remote(
     Ok(RemoteReport {
         destination: url.to_string(),
         transport: link.how,
+        spliced,
         vfs,
         bytes,
         group_downtime_ms: transfer * 1e3,
@@ -660,13 +714,15 @@ fn pre_copy_group(
 }
 
 /// P2P first for all (RUNNING_P2P, or PRE_COPY_P2P from PRE_COPY), then STOP_COPY for each;
-/// the streams interleaved to their ends; the destination's RESULT; the sources to STOP.
-/// Returns the destination's states.
+/// the streams interleaved to their ends (`spliced`: from this thread, see [`spliced`]; else
+/// through the writer thread); the destination's RESULT; the sources to STOP. Returns the
+/// destination's states.
 fn switch_and_send(
     devs: &mut [Dev<'_>],
     out: &mut Out,
     stopped: &mut [Option<Instant>],
     conn: &mut Option<Box<dyn Conn>>,
+    spliced: bool,
 ) -> Result<Vec<u32>, CliError> {
     for d in devs.iter_mut() {
         if d.flags.contains(MigrationFlags::P2P) {
@@ -685,8 +741,42 @@ fn switch_and_send(
     if let Some(p) = &mut out.pace {
         p.restart();
     }
-    // One read of each VF in turn (a DATA frame each), so the VFs share the link; each read
-    // straight into a buffer the writer thread then sends.
+    if spliced {
+        // The writer thread has sent the pre-copy rounds; this thread splices the rest.
+        let (io, sent) = out.finish();
+        *conn = io;
+        sent?;
+        let tcp = conn.as_ref().and_then(|c| c.plain());
+        let tcp = tcp.ok_or_else(|| CliError::new("the connection is gone"))?;
+        spliced::send_streams(devs, tcp, &mut out.totals, &mut out.pace)?;
+    } else {
+        send_streams(devs, out, conn)?;
+    }
+    let io = conn
+        .as_mut()
+        .ok_or_else(|| CliError::new("the connection is gone"))?;
+    let (h, p) =
+        recv_control(&mut **io).map_err(|e| e.context("waiting for the destination's RESULT"))?;
+    let states = match h.kind {
+        kind::RESULT => mig_net::parse_result(&p, devs.len())
+            .map_err(|e| proto("a malformed RESULT").cause(e))?,
+        kind::ERROR => return Err(peer_error(&p).context("the destination failed")),
+        k => return Err(proto(format!("frame kind {k} where RESULT was due"))),
+    };
+    for d in devs.iter_mut() {
+        d.walk(DeviceState::Stop)?;
+    }
+    Ok(states)
+}
+
+/// The stop-copy streams through the writer thread: one read of each VF in turn (a DATA
+/// frame each), so the VFs share the link; each read straight into a buffer the writer
+/// thread then sends. The connection comes back in `conn`.
+fn send_streams(
+    devs: &mut [Dev<'_>],
+    out: &mut Out,
+    conn: &mut Option<Box<dyn Conn>>,
+) -> Result<(), CliError> {
     let mut readers: Vec<StreamReader> = devs.iter().map(|_| StreamReader::default()).collect();
     let mut ended = vec![false; devs.len()];
     while ended.iter().any(|e| !e) {
@@ -716,21 +806,7 @@ fn switch_and_send(
     let (io, sent) = out.finish();
     *conn = io;
     sent?;
-    let io = conn
-        .as_mut()
-        .ok_or_else(|| CliError::new("the connection is gone"))?;
-    let (h, p) =
-        recv_control(&mut **io).map_err(|e| e.context("waiting for the destination's RESULT"))?;
-    let states = match h.kind {
-        kind::RESULT => mig_net::parse_result(&p, devs.len())
-            .map_err(|e| proto("a malformed RESULT").cause(e))?,
-        kind::ERROR => return Err(peer_error(&p).context("the destination failed")),
-        k => return Err(proto(format!("frame kind {k} where RESULT was due"))),
-    };
-    for d in devs.iter_mut() {
-        d.walk(DeviceState::Stop)?;
-    }
-    Ok(states)
+    Ok(())
 }
 
 /// How `receive` runs.
@@ -786,6 +862,7 @@ pub fn receive_on(
     loop {
         let (tcp, peer) = listener.accept().ctx(|| format!("accepting on {addr}"))?;
         let _ = tcp.set_nodelay(true);
+        vfio_user::tune_socket(&tcp);
         let _ = tcp.set_read_timeout(Some(opts.timeout));
         let link = match &cfg {
             None => Link {
@@ -814,11 +891,12 @@ pub fn receive_on(
                     println!("{}", serde_json::to_string_pretty(&rep).unwrap_or_default());
                 } else if !opts.quiet {
                     println!(
-                        "received {} from {peer} into {} VF(s) in {:.3} s ({}): {}",
+                        "received {} from {peer} into {} VF(s) in {:.3} s ({}{}): {}",
                         human(rep.bytes),
                         rep.states.len(),
                         rep.seconds,
                         rep.transport,
+                        if rep.spliced { ", data spliced" } else { "" },
                         rep.states.join(", ")
                     );
                 }
@@ -834,6 +912,7 @@ pub fn receive_on(
 
 fn server_handshake(cfg: &Arc<ServerConfig>, tcp: TcpStream) -> Result<Link, CliError> {
     let conn = rustls::ServerConnection::new(cfg.clone()).map_err(tls_err("TLS setup".into()))?;
+    let tcp = Buffered(io::BufReader::with_capacity(256 << 10, tcp));
     let mut s = rustls::StreamOwned::new(conn, tcp);
     while s.conn.is_handshaking() {
         s.conn
@@ -888,6 +967,8 @@ impl Refuser {
 #[derive(Debug, Serialize)]
 pub struct ReceiveReport {
     pub transport: String,
+    /// The data went from the connection into the VFs' sockets without entering this process.
+    pub spliced: bool,
     pub bytes: u64,
     pub seconds: f64,
     pub states: Vec<String>,
@@ -933,8 +1014,8 @@ fn receive_one(
         let notes: Vec<String> = devs.iter_mut().map(|d| d.reset_destination(true)).collect();
         return Err(e.hint(format!("the migration was aborted; {}", notes.join("; "))));
     }
-    // The streams come in on a reader thread that owns the connection until the last END.
-    let (conn, taken) = take_streams(&mut devs, link.io);
+    let spliced = link.io.plain().is_some() && spliced::all_vfio_user(&mut devs);
+    let (conn, taken) = take_streams(&mut devs, link.io, spliced);
     let mut conn = conn;
     let r = taken.and_then(|bytes| {
         // P2P first for all, then RUNNING for each.
@@ -963,6 +1044,7 @@ fn receive_one(
     match r {
         Ok(bytes) => Ok(ReceiveReport {
             transport: link.how.clone(),
+            spliced,
             bytes,
             seconds: t.elapsed().as_secs_f64(),
             states: devs.iter().map(|d| d.state.to_string()).collect(),
@@ -1061,13 +1143,18 @@ enum Incoming {
 }
 
 /// DATA frames into each VF until every VF's END; returns the connection (unless its reader
-/// failed past recovery) and the bytes written. A reader thread owns the connection meanwhile,
-/// so receiving (and decrypting) the next frame overlaps writing the last into its VF; buffers
-/// go back and forth through a small pool.
+/// failed past recovery) and the bytes written. `spliced`: from this thread, see [`spliced`].
+/// Else a reader thread owns the connection meanwhile, so receiving (and decrypting) the next
+/// frame overlaps writing the last into its VF; buffers go back and forth through a small pool.
 fn take_streams(
     devs: &mut [Dev<'_>],
     mut io: Box<dyn Conn>,
+    spliced: bool,
 ) -> (Option<Box<dyn Conn>>, Result<u64, CliError>) {
+    if let Some(tcp) = io.plain().filter(|_| spliced) {
+        let r = spliced::take_streams(devs, tcp);
+        return (Some(io), r);
+    }
     let n = devs.len();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Incoming>(POOL);
     let (back, pool) = std::sync::mpsc::channel::<Vec<u8>>();
@@ -1088,14 +1175,8 @@ fn take_streams(
                 }
             };
             let vf = usize::from(h.vf);
-            let payload = |io: &mut Box<dyn Conn>| -> Result<Vec<u8>, CliError> {
-                let mut p = vec![0u8; h.len as usize];
-                io.read_exact(&mut p)
-                    .map_err(|e| proto(format!("receiving the streams: {e}")))?;
-                Ok(p)
-            };
             let msg = match h.kind {
-                kind::ERROR => Err(match payload(&mut io) {
+                kind::ERROR => Err(match recv_payload(&mut *io, &h) {
                     Ok(p) => peer_error(&p).context("the source aborted"),
                     Err(e) => e,
                 }),
@@ -1110,7 +1191,7 @@ fn take_streams(
                         Err(e) => Err(proto(format!("receiving the streams: {e}"))),
                     }
                 }
-                kind::END => payload(&mut io).and_then(|p| {
+                kind::END => recv_payload(&mut *io, &h).and_then(|p| {
                     ended[vf] = true;
                     mig_net::parse_end(&p)
                         .map(|t| Incoming::End(vf, t))

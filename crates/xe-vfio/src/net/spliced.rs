@@ -1,0 +1,183 @@
+//! The data path over plain TCP between vfio-user VFs: the bytes of the VFs' streams go from
+//! the source VF's socket into the connection, and from the connection into the destination
+//! VF's socket, through a pipe (`splice(2)`, [`Splicer`]) — never through this process's
+//! memory. The frame headers, the vfio-user headers and every length are still read, checked
+//! and written here; only the byte counts they announce are spliced. A kernel VFIO device on
+//! either side, or TLS, takes the buffered path instead.
+//!
+//! Requests are kept in flight on every VF, on both sides: the source VFs prepare their next
+//! chunks while this one crosses the link ([`MigReads`]), and the destination VFs take the
+//! next frame while their answers to the last travel back.
+//!
+//! A failure leaves requests unanswered or a message half passed on some VF's connection:
+//! every error from here is marked out of step, so the abort path reopens the VFs'
+//! connections before resuming (source) or resetting (destination) them.
+
+use super::{peer_error, proto, recv_header, recv_payload, send};
+use crate::ops::Dev;
+use crate::util::{client_error, CliError};
+use mig_net::{kind, Header, MAX_DATA};
+use rustix::fd::AsFd;
+use std::collections::VecDeque;
+use std::net::TcpStream;
+use vfio_user::relay::DEPTH;
+use vfio_user::splice::{PassError, Splicer};
+use vfio_user::{Client, ClientError, MigReads, Pacer};
+
+/// Whether every VF of `devs` is served over vfio-user (their data can be spliced).
+pub(super) fn all_vfio_user(devs: &mut [Dev<'_>]) -> bool {
+    devs.iter_mut().all(|d| d.c.client().is_some())
+}
+
+/// A failure the abort path must recover from by reopening the VFs' connections.
+fn out_of_step(mut e: CliError) -> CliError {
+    e.in_step = false;
+    e
+}
+
+fn client<'a>(d: &'a mut Dev<'_>) -> Result<&'a mut Client, CliError> {
+    let who = d.who.clone();
+    d.c.client()
+        .ok_or_else(|| CliError::new(format!("{who}: not a vfio-user device")))
+}
+
+/// The source's stop-copy streams: one reply of each VF in turn, its data spliced into the
+/// connection behind its DATA frame's header, until every VF's END. `totals` counts each VF's
+/// bytes (it goes on from the pre-copy rounds); `pace` caps the rate.
+pub(super) fn send_streams(
+    devs: &mut [Dev<'_>],
+    tcp: &TcpStream,
+    totals: &mut [u64],
+    pace: &mut Option<Pacer>,
+) -> Result<(), CliError> {
+    let mut splicer = Splicer::new();
+    let mut reads: Vec<MigReads> = devs
+        .iter()
+        .map(|d| MigReads::new(d.c.chunk().min(MAX_DATA as usize), None))
+        .collect();
+    let mut ended = vec![false; devs.len()];
+    while ended.iter().any(|e| !e) {
+        for (i, d) in devs.iter_mut().enumerate() {
+            if ended[i] {
+                continue;
+            }
+            let what = format!("{}: reading migration data at byte {}", d.who, totals[i]);
+            let broke = |e: ClientError| out_of_step(client_error(what.clone(), &e));
+            let c = client(d)?;
+            reads[i].ask(c).map_err(broke)?;
+            let head = reads[i].next(c).map_err(broke)?;
+            let n = head.map_or(0, |h| h.data);
+            if n > 0 {
+                let h = Header {
+                    kind: kind::DATA,
+                    vf: i as u16,
+                    len: n as u32,
+                };
+                match splicer.pass(c.socket().as_fd(), tcp.as_fd(), &h.emit(), n) {
+                    Ok(()) => {}
+                    Err(PassError::Source(e)) => return Err(broke(e.into())),
+                    Err(PassError::Destination { err, .. }) => {
+                        let e = CliError::new(format!("sending to the destination: {err}"));
+                        return Err(out_of_step(e));
+                    }
+                }
+                totals[i] += n as u64;
+                if let Some(p) = pace {
+                    p.account(n);
+                }
+            }
+            if let Some(h) = head {
+                c.discard(h.padding).map_err(broke)?;
+            }
+            if reads[i].ended(n) {
+                reads[i].finish(c).map_err(broke)?;
+                let mut w = tcp;
+                send(&mut w, kind::END, i as u16, &totals[i].to_le_bytes())
+                    .map_err(|e| out_of_step(CliError::new(format!("sending END: {e}"))))?;
+                ended[i] = true;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The destination's side: DATA frames spliced into their VFs as MIG_DATA_WRITE, until every
+/// VF's END; returns the bytes the VFs accepted. An END must count exactly the bytes its VF
+/// accepted.
+pub(super) fn take_streams(devs: &mut [Dev<'_>], tcp: &TcpStream) -> Result<u64, CliError> {
+    let n = devs.len();
+    let mut splicer = Splicer::new();
+    // The sizes of each VF's writes not answered yet, and the bytes it accepted.
+    let mut writes = vec![VecDeque::<usize>::new(); n];
+    let mut totals = vec![0u64; n];
+    let mut ended = vec![false; n];
+    let mut r = tcp;
+    while ended.iter().any(|e| !e) {
+        let h = recv_header(&mut r).map_err(|e| out_of_step(e.context("receiving the streams")))?;
+        let vf = usize::from(h.vf);
+        match h.kind {
+            kind::DATA | kind::END if vf >= n || ended[vf] => {
+                return Err(out_of_step(proto(format!(
+                    "a frame for VF {vf}, which is not (or no longer) in this migration"
+                ))));
+            }
+            kind::DATA => {
+                let len = h.len as usize;
+                let d = &mut devs[vf];
+                let at = totals[vf] + writes[vf].iter().sum::<usize>() as u64;
+                let what = format!("{}: writing migration data at byte {at}", d.who);
+                let c = client(d)?;
+                let head = c.mig_data_write_head(len);
+                match splicer.pass(tcp.as_fd(), c.socket().as_fd(), &head, len) {
+                    Ok(()) => {}
+                    Err(PassError::Source(e)) => {
+                        let e = proto(format!("receiving the streams: {e}"));
+                        return Err(out_of_step(e));
+                    }
+                    Err(PassError::Destination { err, .. }) => {
+                        return Err(out_of_step(CliError::new(what).cause(err)));
+                    }
+                }
+                writes[vf].push_back(len);
+                take_answers(d, &mut writes[vf], &mut totals[vf], DEPTH - 1)?;
+            }
+            kind::END => {
+                let p = recv_payload(&mut r, &h).map_err(out_of_step)?;
+                let total = mig_net::parse_end(&p)
+                    .map_err(|e| out_of_step(proto("a malformed END").cause(e)))?;
+                take_answers(&mut devs[vf], &mut writes[vf], &mut totals[vf], 0)?;
+                if total != totals[vf] {
+                    return Err(out_of_step(proto(format!(
+                        "VF {vf}: the source sent {total} bytes, {} arrived",
+                        totals[vf]
+                    ))));
+                }
+                ended[vf] = true;
+            }
+            kind::ERROR => {
+                let p = recv_payload(&mut r, &h).map_err(out_of_step)?;
+                return Err(out_of_step(peer_error(&p).context("the source aborted")));
+            }
+            k => return Err(out_of_step(proto(format!("frame kind {k} in the streams")))),
+        }
+    }
+    Ok(totals.iter().sum())
+}
+
+/// Takes VF `d`'s answers to its writes until at most `keep` are in flight, counting the bytes
+/// it accepted.
+fn take_answers(
+    d: &mut Dev<'_>,
+    writes: &mut VecDeque<usize>,
+    total: &mut u64,
+    keep: usize,
+) -> Result<(), CliError> {
+    while writes.len() > keep {
+        let what = format!("{}: writing migration data at byte {total}", d.who);
+        client(d)?
+            .recv_mig_data_write_reply()
+            .map_err(|e| out_of_step(client_error(what, &e)))?;
+        *total += writes.pop_front().unwrap_or(0) as u64;
+    }
+    Ok(())
+}

@@ -234,6 +234,7 @@ fn connect(url: &str, sec: &Security, timeout: Duration) -> Result<Link, CliErro
             let conn = rustls::ClientConnection::new(client_config(f)?, name)
                 .map_err(tls_err("TLS setup".into()))?;
             let mut s = rustls::StreamOwned::new(conn, tcp);
+            s.conn.set_buffer_limit(Some(2 * MAX_DATA as usize));
             while s.conn.is_handshaking() {
                 s.conn.complete_io(&mut s.sock).map_err(|e| {
                     CliError::new(format!("TLS handshake with {addr}"))
@@ -256,8 +257,20 @@ fn send<W: Write + ?Sized>(w: &mut W, kind: u8, vf: u16, payload: &[u8]) -> io::
         vf,
         len: payload.len() as u32,
     };
-    w.write_all(&h.emit())?;
-    w.write_all(payload)
+    // One write of both: one TLS record stream (rustls encrypts the slices as one), one
+    // system call on plain TCP.
+    let h = h.emit();
+    let mut parts = [io::IoSlice::new(&h), io::IoSlice::new(payload)];
+    let mut parts = &mut parts[..];
+    while !parts.is_empty() {
+        match w.write_vectored(parts) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut parts, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A protocol failure: what broke, as a tool's error.
@@ -850,8 +863,8 @@ pub fn receive_on(
     let addr = listener
         .local_addr()
         .ctx(|| "the listening address".into())?;
-    sec.warn();
     if !opts.quiet {
+        sec.warn();
         println!(
             "receive: ready on {addr} for {} VF(s): {}",
             dsts.len(),

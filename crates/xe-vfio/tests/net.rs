@@ -687,12 +687,29 @@ fn a_second_peer_is_turned_away_and_a_dropped_peer_leaves_the_destination_reset(
 /// one, pre-copied as a group under a bandwidth cap, then switched over; bit for bit.
 #[test]
 fn a_busy_group_pre_copies_across_hosts_under_a_bandwidth_cap() {
+    busy_group_pre_copies(
+        "a_busy_group_pre_copies_across_hosts_under_a_bandwidth_cap",
+        true,
+    );
+}
+
+/// Over plain TCP the rounds go through the writer thread and the stop-copy data is spliced,
+/// under the same cap.
+#[test]
+fn a_busy_group_pre_copies_over_plain_tcp_then_splices_under_a_bandwidth_cap() {
+    busy_group_pre_copies(
+        "a_busy_group_pre_copies_over_plain_tcp_then_splices_under_a_bandwidth_cap",
+        false,
+    );
+}
+
+fn busy_group_pre_copies(name: &str, tls: bool) {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), "site");
     let (dc, dk) = pki.issue("dst", false);
     let (sc, sk) = pki.issue("src", false);
     let ca = pki.ca_path("site");
-    let net = Net::new("a_busy_group_pre_copies_across_hosts_under_a_bandwidth_cap");
+    let net = Net::new(name);
     let a = common::host_pre_copy(&dir.path().join("a"), Platform::Bmg, 2, 8 * MIB);
     let b = host(&dir.path().join("b"), Platform::Bmg, 2, 8 * MIB);
     let hw = |h: &Host, i: u32| h.pf.vf(i).unwrap().hw.clone();
@@ -702,18 +719,23 @@ fn a_busy_group_pre_copies_across_hosts_under_a_bandwidth_cap() {
         .unwrap()
         .write(0, &pattern(8 << 20, 2))
         .unwrap();
-    let r = Receive::start(
-        &net,
-        &[&b.sockets[0], &b.sockets[1]],
-        &["--tls-cert", &dc, "--tls-key", &dk, "--tls-ca", &ca],
-    );
-    let rep = migrate_tls(
+    let (dst_sec, src_sec) = if tls {
+        (
+            vec!["--tls-cert", &dc, "--tls-key", &dk, "--tls-ca", &ca],
+            vec!["--tls-cert", &sc, "--tls-key", &sk, "--tls-ca", &ca],
+        )
+    } else {
+        (vec!["--insecure"], vec!["--insecure"])
+    };
+    let r = Receive::start(&net, &[&b.sockets[0], &b.sockets[1]], &dst_sec);
+    let rep = migrate_json(
         &net,
         &a,
         &r.url(),
-        [&sc, &sk, &ca],
+        &src_sec,
         &["--pre-copy", "--max-bandwidth", "64M"],
     );
+    assert_eq!(rep["spliced"], !tls, "{rep}");
     let p = &rep["pre_copy"];
     assert_eq!(p["converged"], true, "{rep}");
     assert!(p["precopy_bytes"].as_u64().unwrap() >= 16 * MIB, "{rep}");

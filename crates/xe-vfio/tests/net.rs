@@ -309,26 +309,6 @@ fn busy(h: &Host, seed: u64) -> Workload<DirectAccess> {
     w
 }
 
-/// `migrate` of all of `src`'s VFs to `url` with TLS (`cert`, `key`, `ca`) and `extra`
-/// options, on the source host; the JSON report.
-fn migrate_tls(
-    net: &Net,
-    src: &Host,
-    url: &str,
-    tls: [&str; 3],
-    extra: &[&str],
-) -> serde_json::Value {
-    let sec = [
-        "--tls-cert",
-        tls[0],
-        "--tls-key",
-        tls[1],
-        "--tls-ca",
-        tls[2],
-    ];
-    migrate_json(net, src, url, &sec, extra)
-}
-
 /// `migrate` of all of `src`'s VFs to `url` with `sec` (the TLS options, or `--insecure`) and
 /// `extra` options, on the source host; the JSON report.
 fn migrate_json(

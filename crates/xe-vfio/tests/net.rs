@@ -291,6 +291,24 @@ fn lmem(hw: &VfHw) -> Vec<u8> {
     v
 }
 
+/// A source written by hand, over plain TCP: it offers one VF (`id`) to `r` and has been
+/// accepted.
+fn fake_source(net: &Net, r: &Receive, id: VfInfo) -> TcpStream {
+    let mut fake = net.connect(&r.addr);
+    let hello = Hello {
+        version: mig_net::VERSION,
+        flags: 0,
+        vfs: vec![id],
+    }
+    .emit();
+    fake.write_all(&mig_net::frame(kind::HELLO, 0, &hello))
+        .unwrap();
+    let mut ack = [0u8; mig_net::HEADER_LEN];
+    std::io::Read::read_exact(&mut fake, &mut ack).unwrap();
+    assert_eq!(Header::parse(&ack).unwrap().kind, kind::ACCEPT);
+    fake
+}
+
 fn state(sock: &Path) -> DeviceState {
     Client::connect(sock).unwrap().device_state().unwrap()
 }
@@ -628,18 +646,7 @@ fn a_second_peer_is_turned_away_and_a_dropped_peer_leaves_the_destination_reset(
     let net =
         Net::new("a_second_peer_is_turned_away_and_a_dropped_peer_leaves_the_destination_reset");
     let r = Receive::start(&net, &[&b.sockets[0]], &["--insecure"]);
-    let mut fake = net.connect(&r.addr);
-    let hello = Hello {
-        version: mig_net::VERSION,
-        flags: 0,
-        vfs: vec![id],
-    }
-    .emit();
-    fake.write_all(&mig_net::frame(kind::HELLO, 0, &hello))
-        .unwrap();
-    let mut ack = [0u8; mig_net::HEADER_LEN];
-    std::io::Read::read_exact(&mut fake, &mut ack).unwrap();
-    assert_eq!(Header::parse(&ack).unwrap().kind, kind::ACCEPT);
+    let mut fake = fake_source(&net, &r, id);
 
     // A second source while this one runs: turned away, untouched.
     let out = net.run(&["migrate", "--from", &src, "--to", &r.url(), "--insecure"]);
@@ -800,18 +807,8 @@ fn a_stream_the_destination_vf_refuses_mid_splice_aborts_and_resets_it() {
     };
     let net = Net::new("a_stream_the_destination_vf_refuses_mid_splice_aborts_and_resets_it");
     let r = Receive::start(&net, &[&b.sockets[0]], &["--insecure"]);
-    let mut fake = net.connect(&r.addr);
-    let hello = Hello {
-        version: mig_net::VERSION,
-        flags: 0,
-        vfs: vec![id],
-    }
-    .emit();
-    fake.write_all(&mig_net::frame(kind::HELLO, 0, &hello))
-        .unwrap();
+    let mut fake = fake_source(&net, &r, id);
     let mut h = [0u8; mig_net::HEADER_LEN];
-    std::io::Read::read_exact(&mut fake, &mut h).unwrap();
-    assert_eq!(Header::parse(&h).unwrap().kind, kind::ACCEPT);
     // Four frames of what is no migration stream, and their END.
     let junk = vec![0xa5u8; 256 << 10];
     for _ in 0..4 {

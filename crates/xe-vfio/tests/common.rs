@@ -51,6 +51,27 @@ pub fn host_with(
     commit: Commit,
     pre_copy: bool,
 ) -> Host {
+    host_served(
+        dir,
+        platform,
+        vfs,
+        lmem,
+        commit,
+        pre_copy,
+        ServerOptions::default(),
+    )
+}
+
+/// `host_with`, its VFs served with `opts`.
+pub fn host_served(
+    dir: &Path,
+    platform: Platform,
+    vfs: u32,
+    lmem: u64,
+    commit: Commit,
+    pre_copy: bool,
+    opts: ServerOptions,
+) -> Host {
     let mut cfg = PfConfig::sized_for(platform, vfs, lmem).unwrap();
     cfg.lmem_commit = commit;
     cfg.pre_copy = pre_copy;
@@ -70,12 +91,7 @@ pub fn host_with(
     for vfid in 1..=vfs {
         let dev = XeVfioPci::probe(PciFunction::vf_of(&pf, vfid).unwrap()).unwrap();
         let path = dir.join(format!("vf{vfid}.sock"));
-        let s = Server::bind(
-            &path,
-            Arc::new(dev) as Arc<dyn VfioDevice>,
-            ServerOptions::default(),
-        )
-        .unwrap();
+        let s = Server::bind(&path, Arc::new(dev) as Arc<dyn VfioDevice>, opts.clone()).unwrap();
         threads.push(s.spawn(stop.clone()));
         sockets.push(path);
     }

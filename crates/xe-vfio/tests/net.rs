@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use vfio_core::DeviceState;
-use vfio_user::Client;
+use vfio_user::{Client, ServerOptions};
 use xe_guest::{DirectAccess, GuestAccess, Workload};
+use xe_pf::hw::mem::Commit;
 use xe_pf::hw::{self as vf, VfHw};
 use xe_pf::Platform;
 
@@ -386,7 +387,21 @@ fn busy_group_of_three(name: &str, tls: bool) {
     let ca = pki.ca_path("site");
     let net = Net::new(name);
     let a = host(&dir.path().join("a"), Platform::Bmg, 3, 16 * MIB);
-    let b = host(&dir.path().join("b"), Platform::Bmg, 3, 16 * MIB);
+    // The destination's servers take at most 64 KiB at once: each 1 MiB DATA frame goes in
+    // as several MIG_DATA_WRITEs.
+    let small = ServerOptions {
+        max_data_xfer: 64 << 10,
+        ..ServerOptions::default()
+    };
+    let b = common::host_served(
+        &dir.path().join("b"),
+        Platform::Bmg,
+        3,
+        16 * MIB,
+        Commit::Lazy,
+        false,
+        small,
+    );
     let hw = |h: &Host, i: u32| h.pf.vf(i).unwrap().hw.clone();
     // VF1 busy: its ring full of jobs when the group stops. VF2, VF3: data and a register.
     let mut w = busy(&a, 0x7c9);

@@ -306,7 +306,7 @@ fn recv_control(r: &mut dyn Conn) -> Result<(Header, Vec<u8>), CliError> {
 /// The payload of a control frame whose header `h` was read (at most [`MAX_CONTROL`] bytes,
 /// checked by the header's parse before anything is allocated).
 fn recv_payload<R: Read + ?Sized>(r: &mut R, h: &Header) -> Result<Vec<u8>, CliError> {
-    debug_assert!(h.kind == kind::DATA || h.len <= MAX_CONTROL);
+    debug_assert!(h.kind != kind::DATA && h.len <= MAX_CONTROL);
     let mut p = vec![0u8; h.len as usize];
     r.read_exact(&mut p)
         .map_err(|e| proto(format!("reading a frame from the peer: {e}")))?;

@@ -122,24 +122,29 @@ pub(super) fn take_streams(devs: &mut [Dev<'_>], tcp: &TcpStream) -> Result<u64,
                 ))));
             }
             kind::DATA => {
-                let len = h.len as usize;
-                let d = &mut devs[vf];
-                let at = totals[vf] + writes[vf].iter().sum::<usize>() as u64;
-                let what = format!("{}: writing migration data at byte {at}", d.who);
-                let c = client(d)?;
-                let head = c.mig_data_write_head(len);
-                match splicer.pass(tcp.as_fd(), c.socket().as_fd(), &head, len) {
-                    Ok(()) => {}
-                    Err(PassError::Source(e)) => {
-                        let e = proto(format!("receiving the streams: {e}"));
-                        return Err(out_of_step(e));
+                // One MIG_DATA_WRITE per piece the VF's connection takes at once.
+                let mut left = h.len as usize;
+                while left > 0 {
+                    let d = &mut devs[vf];
+                    let at = totals[vf] + writes[vf].iter().sum::<usize>() as u64;
+                    let what = format!("{}: writing migration data at byte {at}", d.who);
+                    let c = client(d)?;
+                    let len = left.min(c.max_xfer() as usize);
+                    let head = c.mig_data_write_head(len);
+                    match splicer.pass(tcp.as_fd(), c.socket().as_fd(), &head, len) {
+                        Ok(()) => {}
+                        Err(PassError::Source(e)) => {
+                            let e = proto(format!("receiving the streams: {e}"));
+                            return Err(out_of_step(e));
+                        }
+                        Err(PassError::Destination { err, .. }) => {
+                            return Err(out_of_step(CliError::new(what).cause(err)));
+                        }
                     }
-                    Err(PassError::Destination { err, .. }) => {
-                        return Err(out_of_step(CliError::new(what).cause(err)));
-                    }
+                    left -= len;
+                    writes[vf].push_back(len);
+                    take_answers(d, &mut writes[vf], &mut totals[vf], DEPTH - 1)?;
                 }
-                writes[vf].push_back(len);
-                take_answers(d, &mut writes[vf], &mut totals[vf], DEPTH - 1)?;
             }
             kind::END => {
                 let p = recv_payload(&mut r, &h).map_err(out_of_step)?;

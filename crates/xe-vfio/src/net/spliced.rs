@@ -35,10 +35,12 @@ fn out_of_step(mut e: CliError) -> CliError {
     e
 }
 
-fn client<'a>(d: &'a mut Dev<'_>) -> Result<&'a mut Client, CliError> {
-    let who = d.who.clone();
-    d.c.client()
-        .ok_or_else(|| CliError::new(format!("{who}: not a vfio-user device")))
+fn client<'a>(d: &'a mut Dev<'_>) -> Result<(&'a str, &'a mut Client), CliError> {
+    let who = d.who.as_str();
+    match d.c.client() {
+        Some(c) => Ok((who, c)),
+        None => Err(CliError::new(format!("{who}: not a vfio-user device"))),
+    }
 }
 
 /// The source's stop-copy streams: one reply of each VF in turn, its data spliced into the
@@ -61,9 +63,12 @@ pub(super) fn send_streams(
             if ended[i] {
                 continue;
             }
-            let what = format!("{}: reading migration data at byte {}", d.who, totals[i]);
-            let broke = |e: ClientError| out_of_step(client_error(what.clone(), &e));
-            let c = client(d)?;
+            let at = totals[i];
+            let (who, c) = client(d)?;
+            let broke = |e: ClientError| {
+                let what = format!("{who}: reading migration data at byte {at}");
+                out_of_step(client_error(what, &e))
+            };
             reads[i].ask(c).map_err(broke)?;
             let head = reads[i].next(c).map_err(broke)?;
             let n = head.map_or(0, |h| h.data);
@@ -127,8 +132,7 @@ pub(super) fn take_streams(devs: &mut [Dev<'_>], tcp: &TcpStream) -> Result<u64,
                 while left > 0 {
                     let d = &mut devs[vf];
                     let at = totals[vf] + writes[vf].iter().sum::<usize>() as u64;
-                    let what = format!("{}: writing migration data at byte {at}", d.who);
-                    let c = client(d)?;
+                    let (who, c) = client(d)?;
                     let len = left.min(c.max_xfer() as usize);
                     let head = c.mig_data_write_head(len);
                     match splicer.pass(tcp.as_fd(), c.socket().as_fd(), &head, len) {
@@ -138,6 +142,7 @@ pub(super) fn take_streams(devs: &mut [Dev<'_>], tcp: &TcpStream) -> Result<u64,
                             return Err(out_of_step(e));
                         }
                         Err(PassError::Destination { err, .. }) => {
+                            let what = format!("{who}: writing migration data at byte {at}");
                             return Err(out_of_step(CliError::new(what).cause(err)));
                         }
                     }
@@ -177,11 +182,12 @@ fn take_answers(
     total: &mut u64,
     keep: usize,
 ) -> Result<(), CliError> {
+    let (who, c) = client(d)?;
     while writes.len() > keep {
-        let what = format!("{}: writing migration data at byte {total}", d.who);
-        client(d)?
-            .recv_mig_data_write_reply()
-            .map_err(|e| out_of_step(client_error(what, &e)))?;
+        c.recv_mig_data_write_reply().map_err(|e| {
+            let what = format!("{who}: writing migration data at byte {total}");
+            out_of_step(client_error(what, &e))
+        })?;
         *total += writes.pop_front().unwrap_or(0) as u64;
     }
     Ok(())

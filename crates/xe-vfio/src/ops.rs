@@ -124,7 +124,7 @@ pub(crate) struct Dev<'a> {
     pub(crate) state: DeviceState,
     /// `MIG_DATA_SIZE`, if the device answers it (our extension over vfio-user: a device that
     /// does is an xe-vfio server).
-    data_size: Option<u64>,
+    pub(crate) data_size: Option<u64>,
 }
 
 impl<'a> Dev<'a> {

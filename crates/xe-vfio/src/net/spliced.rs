@@ -111,7 +111,11 @@ pub(super) fn send_streams(
 /// accepted.
 pub(super) fn take_streams(devs: &mut [Dev<'_>], tcp: &TcpStream) -> Result<u64, CliError> {
     let n = devs.len();
+    // Spliced, a message's body arrives in as many pieces as the connection delivers: an
+    // xe-vfio server (one that answers MIG_DATA_SIZE) reads it so; any other VF gets each
+    // MIG_DATA_WRITE whole, in one sendmsg (libvfio-user reads a body with one recv).
     let mut splicer = Splicer::new();
+    let mut copier = Splicer::copying();
     // The sizes of each VF's writes not answered yet, and the bytes it accepted.
     let mut writes = vec![VecDeque::<usize>::new(); n];
     let mut totals = vec![0u64; n];
@@ -132,10 +136,15 @@ pub(super) fn take_streams(devs: &mut [Dev<'_>], tcp: &TcpStream) -> Result<u64,
                 while left > 0 {
                     let d = &mut devs[vf];
                     let at = totals[vf] + writes[vf].iter().sum::<usize>() as u64;
+                    let mover = if d.data_size.is_some() {
+                        &mut splicer
+                    } else {
+                        &mut copier
+                    };
                     let (who, c) = client(d)?;
                     let len = left.min(c.max_xfer() as usize);
                     let head = c.mig_data_write_head(len);
-                    match splicer.pass(tcp.as_fd(), c.socket().as_fd(), &head, len) {
+                    match mover.pass(tcp.as_fd(), c.socket().as_fd(), &head, len) {
                         Ok(()) => {}
                         Err(PassError::Source(e)) => {
                             let e = proto(format!("receiving the streams: {e}"));

@@ -22,10 +22,11 @@ const GIB: u64 = 1 << 30;
 
 /// A raw TCP copy of `bytes` over loopback (1 MiB writes and reads, as the migration's
 /// frames; the socket buffers as large as the migration's): bytes per second.
-fn raw_tcp(bytes: u64) -> Result<f64, CliError> {
+fn raw_tcp(bytes: u64, place: Placement) -> Result<f64, CliError> {
     let l = TcpListener::bind("127.0.0.1:0").ctx(|| "raw TCP: listening".into())?;
     let addr = l.local_addr().ctx(|| "raw TCP".into())?;
     let sink = std::thread::spawn(move || -> std::io::Result<u64> {
+        place.destination(&[0]);
         let (mut s, _) = l.accept()?;
         vfio_user::tune_socket(&s);
         let mut buf = vec![0u8; 1 << 20];
@@ -59,6 +60,85 @@ fn raw_tcp(bytes: u64) -> Result<f64, CliError> {
     Ok(sent as f64 / secs)
 }
 
+/// Where the two emulated hosts run on this machine's CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+enum Placement {
+    /// Both hosts' threads wherever the scheduler puts them (they share every CPU).
+    Shared,
+    /// Each host on a CPU of its own, as two machines: the source's VF servers and the
+    /// migrating thread on CPU 0, the destination's on CPU 1 (the raw copy's sender and
+    /// receiver likewise).
+    OwnCpu,
+}
+
+impl Placement {
+    fn name(self) -> &'static str {
+        match self {
+            Placement::Shared => "both hosts on all CPUs (as the scheduler places them)",
+            Placement::OwnCpu => "each host on a CPU of its own (source CPU 0, destination CPU 1)",
+        }
+    }
+
+    fn cpus(self, cpu: usize) -> rustix::thread::CpuSet {
+        let mut set = rustix::thread::CpuSet::new();
+        match self {
+            // Every CPU there may be (the kernel keeps those that exist).
+            Placement::Shared => (0..rustix::thread::CpuSet::MAX_CPU).for_each(|c| set.set(c)),
+            Placement::OwnCpu => set.set(cpu),
+        }
+        set
+    }
+
+    /// Places threads `tids` (0: the calling thread) of the source host.
+    fn source(self, tids: &[i32]) {
+        pin(tids, &self.cpus(0));
+    }
+
+    /// Places threads `tids` (0: the calling thread) of the destination host.
+    fn destination(self, tids: &[i32]) {
+        pin(tids, &self.cpus(1));
+    }
+}
+
+/// Best effort: a thread that cannot be placed runs where it is (the table says which
+/// placement was asked for; the affinity of threads this process made does not fail).
+fn pin(tids: &[i32], set: &rustix::thread::CpuSet) {
+    for &t in tids {
+        let _ = rustix::thread::sched_setaffinity(rustix::process::Pid::from_raw(t), set);
+    }
+}
+
+fn online_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// This process's threads.
+fn threads() -> Vec<i32> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A host and its threads (those that serve its VFs and run its PF).
+fn host_threads(
+    dir: &Path,
+    vfs: u32,
+    lmem: u64,
+    stop: &Arc<AtomicBool>,
+) -> Result<(Host, Vec<i32>), CliError> {
+    let before = threads();
+    let h = host(dir, vfs, lmem, stop)?;
+    let tids = threads()
+        .into_iter()
+        .filter(|t| !before.contains(t))
+        .collect();
+    Ok((h, tids))
+}
+
 fn host(dir: &Path, vfs: u32, lmem: u64, stop: &Arc<AtomicBool>) -> Result<Host, CliError> {
     let spec = HostSpec {
         platform: Platform::Bmg,
@@ -88,6 +168,7 @@ fn migrate(
     dst: &Host,
     sec: &Security,
     client_sec: &Security,
+    place: Placement,
 ) -> Result<RemoteReport, CliError> {
     let l = TcpListener::bind("127.0.0.1:0").ctx(|| "listening".into())?;
     let url = format!("tcp://{}", l.local_addr().ctx(|| "listening".into())?);
@@ -98,6 +179,7 @@ fn migrate(
         .unzip();
     let sec2 = sec.clone();
     let recv = std::thread::spawn(move || -> Result<(), CliError> {
+        place.destination(&[0]);
         let mut dsts = clients(&socks)?;
         let opts = ReceiveOpts {
             keep: false,
@@ -211,61 +293,47 @@ pub fn bench_tcp(json: bool) -> Result<(), CliError> {
     eprintln!(
         "bench --tcp: four hosts: two with a 1 GiB VF, two with 4 × 256 MiB (reserved LMEM) ..."
     );
-    let a = host(&dir.path().join("a"), 1, GIB, &stop)?;
-    let b = host(&dir.path().join("b"), 1, GIB, &stop)?;
-    let c = host(&dir.path().join("c"), 4, GIB / 4, &stop)?;
-    let d = host(&dir.path().join("d"), 4, GIB / 4, &stop)?;
+    let (a, ta) = host_threads(&dir.path().join("a"), 1, GIB, &stop)?;
+    let (b, tb) = host_threads(&dir.path().join("b"), 1, GIB, &stop)?;
+    let (c, tc) = host_threads(&dir.path().join("c"), 4, GIB / 4, &stop)?;
+    let (d, td) = host_threads(&dir.path().join("d"), 4, GIB / 4, &stop)?;
     let fill: Vec<u8> = (0..1u32 << 20).map(|i| (i * 13 + 7) as u8).collect();
     fill_lmem(&a, 1, GIB, &fill)?;
     for i in 1..=4 {
         fill_lmem(&c, i, GIB / 4, &fill)?;
     }
-    // Every kind of run takes its turn in each round, so all see the same machine (whose
-    // speed drifts by half between minutes here); the best of each counts.
-    let mut raw = 0f64;
-    let (mut plain, mut tls, mut group) = (None, None, None);
-    eprintln!("bench --tcp: {ROUNDS} rounds of: a raw TCP copy of 1 GiB; the 1 GiB VF over plain TCP (--insecure), over TLS; the 4 × 256 MiB VFs over TLS (GiB/s)");
-    for round in 1..=ROUNDS {
-        let r = raw_tcp(GIB)?;
-        // Printed whole at the round's end (the plain run's --insecure warning comes first).
-        let mut line = format!("  round {round}: raw {:.2}", r / GIB as f64);
-        raw = raw.max(r);
+    let placements: &[Placement] = if online_cpus() >= 2 {
+        &[Placement::Shared, Placement::OwnCpu]
+    } else {
+        eprintln!("bench --tcp: one CPU: the hosts cannot have one each; shared only");
+        &[Placement::Shared]
+    };
+    let mut tables = Vec::new();
+    for &place in placements {
+        place.source(&[0]);
+        place.source(&[ta.as_slice(), &tc].concat());
+        place.destination(&[tb.as_slice(), &td].concat());
+        eprintln!("bench --tcp: {}", place.name());
         let runs = [
-            (&mut plain, &a, &b, &Security::Insecure, &Security::Insecure),
-            (&mut tls, &a, &b, &tls_dst, &tls_src),
-            (&mut group, &c, &d, &tls_dst, &tls_src),
+            (
+                "1 GiB, plain TCP",
+                &a,
+                &b,
+                &Security::Insecure,
+                &Security::Insecure,
+            ),
+            ("1 GiB, TLS", &a, &b, &tls_dst, &tls_src),
+            ("4 × 256 MiB, TLS", &c, &d, &tls_dst, &tls_src),
         ];
-        for ((best, from, to, dst_sec, src_sec), name) in
-            runs.into_iter().zip(["plain", "TLS", "group"])
-        {
-            let r = migrate(from, to, dst_sec, src_sec)?;
-            line += &format!(", {name} {:.2}", gib_s(&r));
-            keep_best(best, r);
-        }
-        eprintln!("{line}");
+        tables.push(measure(place, &runs)?);
     }
-    let none = || CliError::new("no run");
-    let (plain, tls, group) = (
-        plain.ok_or_else(none)?,
-        tls.ok_or_else(none)?,
-        group.ok_or_else(none)?,
-    );
+    Placement::Shared.source(&[0]);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let rows = [
-        row("1 GiB, plain TCP", &plain),
-        row("1 GiB, TLS", &tls),
-        row("4 × 256 MiB, TLS", &group),
-    ];
-    let raw_gib = raw / GIB as f64;
     if json {
         let v = serde_json::json!({
             "machine": crate::bench::machine(),
             "cpu_aes": aes(),
-            "raw_tcp_gib_s": raw_gib,
-            "runs": rows,
-            "plain_vs_raw": rows[0].gib_s / raw_gib,
-            "tls_vs_plain": rows[1].gib_s / rows[0].gib_s,
-            "group_vs_one_total": rows[2].total_seconds / rows[1].total_seconds,
+            "placements": tables,
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(());
@@ -275,31 +343,92 @@ pub fn bench_tcp(json: bool) -> Result<(), CliError> {
         crate::bench::machine(),
         if aes() { "yes" } else { "no" }
     );
-    println!("raw TCP copy over loopback, 1 MiB writes (best of {ROUNDS}): {raw_gib:.2} GiB/s");
-    println!("  run                | bytes      GiB/s  ×raw   | total     downtime (group; per VF)          | transport");
-    for r in &rows {
-        let per: Vec<String> = r
-            .per_vf_downtime_ms
+    for t in &tables {
+        t.print();
+    }
+    Ok(())
+}
+
+/// One placement's figures.
+#[derive(Serialize)]
+struct Table {
+    placement: Placement,
+    raw_tcp_gib_s: f64,
+    runs: Vec<Row>,
+    plain_vs_raw: f64,
+    tls_vs_plain: f64,
+    group_vs_one_total: f64,
+}
+
+/// The runs (plain, TLS, group) and a raw copy take turns in each of [`ROUNDS`] rounds, so all
+/// see the same machine (whose speed drifts by half between minutes here); the best of each
+/// counts.
+fn measure(
+    place: Placement,
+    runs: &[(&str, &Host, &Host, &Security, &Security); 3],
+) -> Result<Table, CliError> {
+    eprintln!("bench --tcp: {ROUNDS} rounds of: a raw TCP copy of 1 GiB; the 1 GiB VF over plain TCP (--insecure), over TLS; the 4 × 256 MiB VFs over TLS (GiB/s)");
+    let mut raw = 0f64;
+    let mut best: [Option<RemoteReport>; 3] = [None, None, None];
+    for round in 1..=ROUNDS {
+        let r = raw_tcp(GIB, place)?;
+        // Printed whole at the round's end (the plain run's --insecure warning comes first).
+        let mut line = format!("  round {round}: raw {:.2}", r / GIB as f64);
+        raw = raw.max(r);
+        for ((_, from, to, dst_sec, src_sec), (b, name)) in runs
             .iter()
-            .map(|d| format!("{d:.0}"))
-            .collect();
+            .zip(best.iter_mut().zip(["plain", "TLS", "group"]))
+        {
+            let r = migrate(from, to, dst_sec, src_sec, place)?;
+            line += &format!(", {name} {:.2}", gib_s(&r));
+            keep_best(b, r);
+        }
+        eprintln!("{line}");
+    }
+    let mut rows = Vec::new();
+    for ((name, ..), b) in runs.iter().zip(best) {
+        rows.push(row(name, &b.ok_or_else(|| CliError::new("no run"))?));
+    }
+    let raw_gib = raw / GIB as f64;
+    Ok(Table {
+        placement: place,
+        raw_tcp_gib_s: raw_gib,
+        plain_vs_raw: rows[0].gib_s / raw_gib,
+        tls_vs_plain: rows[1].gib_s / rows[0].gib_s,
+        group_vs_one_total: rows[2].total_seconds / rows[1].total_seconds,
+        runs: rows,
+    })
+}
+
+impl Table {
+    fn print(&self) {
+        println!("{}:", self.placement.name());
         println!(
-            "  {:<18} | {:>9} {:>6.2} {:>5.2} | {:>6.3} s {:>8.1} ms ({} ms) | {}",
-            r.name,
-            human(r.bytes),
-            r.gib_s,
-            r.gib_s / raw_gib,
-            r.total_seconds,
-            r.group_downtime_ms,
-            per.join(", "),
-            r.transport
+            "raw TCP copy over loopback, 1 MiB writes (best of {ROUNDS}): {:.2} GiB/s",
+            self.raw_tcp_gib_s
+        );
+        println!("  run                | bytes      GiB/s  ×raw   | total     downtime (group; per VF)          | transport");
+        for r in &self.runs {
+            let per: Vec<String> = r
+                .per_vf_downtime_ms
+                .iter()
+                .map(|d| format!("{d:.0}"))
+                .collect();
+            println!(
+                "  {:<18} | {:>9} {:>6.2} {:>5.2} | {:>6.3} s {:>8.1} ms ({} ms) | {}",
+                r.name,
+                human(r.bytes),
+                r.gib_s,
+                r.gib_s / self.raw_tcp_gib_s,
+                r.total_seconds,
+                r.group_downtime_ms,
+                per.join(", "),
+                r.transport
+            );
+        }
+        println!(
+            "plain ÷ raw TCP: {:.2} (target ≥ 0.8); TLS ÷ plain: {:.2} (target ≥ 0.5); group total ÷ one 1 GiB VF: {:.2} (target ≤ 1.3)",
+            self.plain_vs_raw, self.tls_vs_plain, self.group_vs_one_total
         );
     }
-    println!(
-        "plain ÷ raw TCP: {:.2} (target ≥ 0.8); TLS ÷ plain: {:.2} (target ≥ 0.5); group total ÷ one 1 GiB VF: {:.2} (target ≤ 1.3)",
-        rows[0].gib_s / raw_gib,
-        rows[1].gib_s / rows[0].gib_s,
-        rows[2].total_seconds / rows[1].total_seconds
-    );
-    Ok(())
 }

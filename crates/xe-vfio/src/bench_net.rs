@@ -1,12 +1,14 @@
 //! `xe-vfio bench --tcp`: host-to-host migration over loopback TCP against a raw TCP copy of
 //! the same bytes (same run), plain and with TLS; and a group of 4 × 256 MiB VFs against one
 //! 1 GiB VF. Two emulated hosts in this process (reserved LMEM), `receive` on a thread, the
-//! source side as `migrate --to tcp://` runs it.
+//! source side as `migrate --to tcp://` runs it; the hosts share every CPU, then each has one
+//! of its own ([`Placement`]).
 
 use crate::endpoint::Endpoint;
 use crate::net::{self, ReceiveOpts, RemoteReport, Security, TlsFiles};
 use crate::serve::{start_host, Host, HostSpec};
 use crate::util::{human, CliError, Context};
+use rustix::thread::CpuSet;
 use serde::Serialize;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -22,11 +24,14 @@ const GIB: u64 = 1 << 30;
 
 /// A raw TCP copy of `bytes` over loopback (1 MiB writes and reads, as the migration's
 /// frames; the socket buffers as large as the migration's): bytes per second.
-fn raw_tcp(bytes: u64, place: Placement) -> Result<f64, CliError> {
+fn raw_tcp(bytes: u64, place: &Placement) -> Result<f64, CliError> {
     let l = TcpListener::bind("127.0.0.1:0").ctx(|| "raw TCP: listening".into())?;
     let addr = l.local_addr().ctx(|| "raw TCP".into())?;
+    let sink_place = *place;
     let sink = std::thread::spawn(move || -> std::io::Result<u64> {
-        place.destination(&[0]);
+        sink_place
+            .destination(&[0])
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         let (mut s, _) = l.accept()?;
         vfio_user::tune_socket(&s);
         let mut buf = vec![0u8; 1 << 20];
@@ -61,55 +66,85 @@ fn raw_tcp(bytes: u64, place: Placement) -> Result<f64, CliError> {
 }
 
 /// Where the two emulated hosts run on this machine's CPUs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy)]
 enum Placement {
-    /// Both hosts' threads wherever the scheduler puts them (they share every CPU).
-    Shared,
+    /// Both hosts' threads wherever the scheduler puts them (they share every CPU this
+    /// process may use).
+    Shared(CpuSet),
     /// Each host on a CPU of its own, as two machines: the source's VF servers and the
-    /// migrating thread on CPU 0, the destination's on CPU 1 (the raw copy's sender and
-    /// receiver likewise).
-    OwnCpu,
+    /// migrating thread on CPU `source`, the destination's on CPU `destination` (the raw
+    /// copy's sender and receiver likewise).
+    OwnCpu { source: usize, destination: usize },
 }
 
 impl Placement {
-    fn name(self) -> &'static str {
+    fn name(&self) -> String {
         match self {
-            Placement::Shared => "both hosts on all CPUs (as the scheduler places them)",
-            Placement::OwnCpu => "each host on a CPU of its own (source CPU 0, destination CPU 1)",
+            Placement::Shared(_) => "both hosts on all CPUs (as the scheduler places them)".into(),
+            Placement::OwnCpu {
+                source,
+                destination,
+            } => format!(
+                "each host on a CPU of its own (source CPU {source}, destination CPU {destination})"
+            ),
         }
     }
 
-    fn cpus(self, cpu: usize) -> rustix::thread::CpuSet {
-        let mut set = rustix::thread::CpuSet::new();
-        match self {
-            // Every CPU there may be (the kernel keeps those that exist).
-            Placement::Shared => (0..rustix::thread::CpuSet::MAX_CPU).for_each(|c| set.set(c)),
-            Placement::OwnCpu => set.set(cpu),
+    /// Each placement this process can make, on the CPUs it may use.
+    fn all() -> Result<Vec<Placement>, CliError> {
+        let allowed = rustix::thread::sched_getaffinity(None)
+            .map_err(|e| CliError::new("reading this process's CPUs").cause(e))?;
+        let cpus: Vec<usize> = (0..CpuSet::MAX_CPU)
+            .filter(|&c| allowed.is_set(c))
+            .collect();
+        let mut v = vec![Placement::Shared(allowed)];
+        if let [source, destination, ..] = cpus[..] {
+            v.push(Placement::OwnCpu {
+                source,
+                destination,
+            });
+        } else {
+            eprintln!("bench --tcp: one CPU: the hosts cannot have one each; shared only");
         }
-        set
+        Ok(v)
+    }
+
+    fn cpus(&self, destination_side: bool) -> CpuSet {
+        match self {
+            Placement::Shared(all) => *all,
+            Placement::OwnCpu {
+                source,
+                destination,
+            } => {
+                let mut set = CpuSet::new();
+                set.set(if destination_side {
+                    *destination
+                } else {
+                    *source
+                });
+                set
+            }
+        }
     }
 
     /// Places threads `tids` (0: the calling thread) of the source host.
-    fn source(self, tids: &[i32]) {
-        pin(tids, &self.cpus(0));
+    fn source(&self, tids: &[i32]) -> Result<(), CliError> {
+        pin(tids, &self.cpus(false))
     }
 
     /// Places threads `tids` (0: the calling thread) of the destination host.
-    fn destination(self, tids: &[i32]) {
-        pin(tids, &self.cpus(1));
+    fn destination(&self, tids: &[i32]) -> Result<(), CliError> {
+        pin(tids, &self.cpus(true))
     }
 }
 
-/// Best effort: a thread that cannot be placed runs where it is (the table says which
-/// placement was asked for; the affinity of threads this process made does not fail).
-fn pin(tids: &[i32], set: &rustix::thread::CpuSet) {
+/// Sets the CPUs of threads `tids` (0: the calling thread).
+fn pin(tids: &[i32], set: &CpuSet) -> Result<(), CliError> {
     for &t in tids {
-        let _ = rustix::thread::sched_setaffinity(rustix::process::Pid::from_raw(t), set);
+        rustix::thread::sched_setaffinity(rustix::process::Pid::from_raw(t), set)
+            .map_err(|e| CliError::new(format!("placing thread {t} on its CPUs")).cause(e))?;
     }
-}
-
-fn online_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    Ok(())
 }
 
 /// This process's threads.
@@ -168,7 +203,7 @@ fn migrate(
     dst: &Host,
     sec: &Security,
     client_sec: &Security,
-    place: Placement,
+    place: &Placement,
 ) -> Result<RemoteReport, CliError> {
     let l = TcpListener::bind("127.0.0.1:0").ctx(|| "listening".into())?;
     let url = format!("tcp://{}", l.local_addr().ctx(|| "listening".into())?);
@@ -178,8 +213,9 @@ fn migrate(
         .map(|p| (p.clone(), p.display().to_string()))
         .unzip();
     let sec2 = sec.clone();
+    let recv_place = *place;
     let recv = std::thread::spawn(move || -> Result<(), CliError> {
-        place.destination(&[0]);
+        recv_place.destination(&[0])?;
         let mut dsts = clients(&socks)?;
         let opts = ReceiveOpts {
             keep: false,
@@ -302,17 +338,12 @@ pub fn bench_tcp(json: bool) -> Result<(), CliError> {
     for i in 1..=4 {
         fill_lmem(&c, i, GIB / 4, &fill)?;
     }
-    let placements: &[Placement] = if online_cpus() >= 2 {
-        &[Placement::Shared, Placement::OwnCpu]
-    } else {
-        eprintln!("bench --tcp: one CPU: the hosts cannot have one each; shared only");
-        &[Placement::Shared]
-    };
+    let placements = Placement::all()?;
     let mut tables = Vec::new();
-    for &place in placements {
-        place.source(&[0]);
-        place.source(&[ta.as_slice(), &tc].concat());
-        place.destination(&[tb.as_slice(), &td].concat());
+    for place in &placements {
+        place.source(&[0])?;
+        place.source(&[ta.as_slice(), &tc].concat())?;
+        place.destination(&[tb.as_slice(), &td].concat())?;
         eprintln!("bench --tcp: {}", place.name());
         let runs = [
             (
@@ -327,7 +358,8 @@ pub fn bench_tcp(json: bool) -> Result<(), CliError> {
         ];
         tables.push(measure(place, &runs)?);
     }
-    Placement::Shared.source(&[0]);
+    // This thread back on every CPU it had (the machine's description counts them).
+    placements[0].source(&[0])?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     if json {
         let v = serde_json::json!({
@@ -352,7 +384,7 @@ pub fn bench_tcp(json: bool) -> Result<(), CliError> {
 /// One placement's figures.
 #[derive(Serialize)]
 struct Table {
-    placement: Placement,
+    placement: String,
     raw_tcp_gib_s: f64,
     runs: Vec<Row>,
     plain_vs_raw: f64,
@@ -364,7 +396,7 @@ struct Table {
 /// see the same machine (whose speed drifts by half between minutes here); the best of each
 /// counts.
 fn measure(
-    place: Placement,
+    place: &Placement,
     runs: &[(&str, &Host, &Host, &Security, &Security); 3],
 ) -> Result<Table, CliError> {
     eprintln!("bench --tcp: {ROUNDS} rounds of: a raw TCP copy of 1 GiB; the 1 GiB VF over plain TCP (--insecure), over TLS; the 4 × 256 MiB VFs over TLS (GiB/s)");
@@ -391,7 +423,7 @@ fn measure(
     }
     let raw_gib = raw / GIB as f64;
     Ok(Table {
-        placement: place,
+        placement: place.name(),
         raw_tcp_gib_s: raw_gib,
         plain_vs_raw: rows[0].gib_s / raw_gib,
         tls_vs_plain: rows[1].gib_s / rows[0].gib_s,
@@ -402,7 +434,7 @@ fn measure(
 
 impl Table {
     fn print(&self) {
-        println!("{}:", self.placement.name());
+        println!("{}:", self.placement);
         println!(
             "raw TCP copy over loopback, 1 MiB writes (best of {ROUNDS}): {:.2} GiB/s",
             self.raw_tcp_gib_s

@@ -292,6 +292,38 @@ fn lmem(hw: &VfHw) -> Vec<u8> {
     v
 }
 
+/// Each side's security options: certificates of one CA made in `dir` (the destination's,
+/// the source's), or `--insecure` for both.
+fn security(dir: &Path, tls: bool) -> (Vec<String>, Vec<String>) {
+    if !tls {
+        return (vec!["--insecure".into()], vec!["--insecure".into()]);
+    }
+    let pki = Pki::new(dir, "site");
+    let ca = pki.ca_path("site");
+    let side = |name: &str| {
+        let (cert, key) = pki.issue(name, false);
+        ["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca]
+            .map(String::from)
+            .to_vec()
+    };
+    (side("dst"), side("src"))
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Writes `data` at the start of VF `vf`'s LMEM on host `h`.
+fn write_lmem(h: &Host, vf: u32, data: &[u8]) {
+    h.pf.vf(vf)
+        .unwrap()
+        .hw
+        .lmem()
+        .unwrap()
+        .write(0, data)
+        .unwrap();
+}
+
 /// A source written by hand, over plain TCP: it offers one VF (`id`) to `r` and has been
 /// accepted.
 fn fake_source(net: &Net, r: &Receive, id: VfInfo) -> TcpStream {
@@ -381,10 +413,7 @@ fn a_busy_group_of_three_vfs_moves_between_hosts_over_plain_tcp_spliced() {
 
 fn busy_group_of_three(name: &str, tls: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path(), "site");
-    let (dc, dk) = pki.issue("dst", false);
-    let (sc, sk) = pki.issue("src", false);
-    let ca = pki.ca_path("site");
+    let (dst_sec, src_sec) = security(dir.path(), tls);
     let net = Net::new(name);
     let a = host(&dir.path().join("a"), Platform::Bmg, 3, 16 * MIB);
     // The destination's servers take at most 64 KiB at once: each 1 MiB DATA frame goes in
@@ -406,31 +435,19 @@ fn busy_group_of_three(name: &str, tls: bool) {
     // VF1 busy: its ring full of jobs when the group stops. VF2, VF3: data and a register.
     let mut w = busy(&a, 0x7c9);
     for i in 2..=3 {
-        hw(&a, i)
-            .lmem()
-            .unwrap()
-            .write(0, &pattern(16 << 20, i))
-            .unwrap();
+        write_lmem(&a, i, &pattern(16 << 20, i));
         DirectAccess(hw(&a, i))
             .mmio_write32(vf::med_vf_sw_flag(0), 0xfeed_0000 + i)
             .unwrap();
     }
-    let (dst_sec, src_sec) = if tls {
-        (
-            vec!["--tls-cert", &dc, "--tls-key", &dk, "--tls-ca", &ca],
-            vec!["--tls-cert", &sc, "--tls-key", &sk, "--tls-ca", &ca],
-        )
-    } else {
-        (vec!["--insecure"], vec!["--insecure"])
-    };
-    let mut recv_args = dst_sec.clone();
+    let mut recv_args = strs(&dst_sec);
     recv_args.push("--json");
     let r = Receive::start(
         &net,
         &[&b.sockets[0], &b.sockets[1], &b.sockets[2]],
         &recv_args,
     );
-    let rep = migrate_json(&net, &a, &r.url(), &src_sec, &[]);
+    let rep = migrate_json(&net, &a, &r.url(), &strs(&src_sec), &[]);
     let transport = rep["transport"].as_str().unwrap();
     assert_eq!(transport.contains("TLS"), tls, "{rep}");
     assert_eq!(rep["spliced"], !tls, "{rep}");
@@ -485,13 +502,7 @@ fn wrong_ca_expired_or_missing_certificates_and_mismatched_vfs_are_refused() {
     let b = host(&dir.path().join("b"), Platform::Bmg, 1, 8 * MIB);
     let c = host(&dir.path().join("c"), Platform::Bmg, 1, 16 * MIB);
     let data = pattern(8 << 20, 5);
-    a.pf.vf(1)
-        .unwrap()
-        .hw
-        .lmem()
-        .unwrap()
-        .write(0, &data)
-        .unwrap();
+    write_lmem(&a, 1, &data);
     let src = a.sockets[0].display().to_string();
     let tls = [
         "--tls-cert",
@@ -638,13 +649,7 @@ fn a_second_peer_is_turned_away_and_a_dropped_peer_leaves_the_destination_reset(
     let dir = tempfile::tempdir().unwrap();
     let a = host(&dir.path().join("a"), Platform::Bmg, 1, 8 * MIB);
     let b = host(&dir.path().join("b"), Platform::Bmg, 1, 8 * MIB);
-    a.pf.vf(1)
-        .unwrap()
-        .hw
-        .lmem()
-        .unwrap()
-        .write(0, &pattern(8 << 20, 9))
-        .unwrap();
+    write_lmem(&a, 1, &pattern(8 << 20, 9));
     let src = a.sockets[0].display().to_string();
     // A real stream to send part of, and the identity the destination expects.
     let file = dir.path().join("a.xe");
@@ -707,34 +712,19 @@ fn a_busy_group_pre_copies_over_plain_tcp_then_splices_under_a_bandwidth_cap() {
 
 fn busy_group_pre_copies(name: &str, tls: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path(), "site");
-    let (dc, dk) = pki.issue("dst", false);
-    let (sc, sk) = pki.issue("src", false);
-    let ca = pki.ca_path("site");
+    let (dst_sec, src_sec) = security(dir.path(), tls);
     let net = Net::new(name);
     let a = common::host_pre_copy(&dir.path().join("a"), Platform::Bmg, 2, 8 * MIB);
     let b = host(&dir.path().join("b"), Platform::Bmg, 2, 8 * MIB);
     let hw = |h: &Host, i: u32| h.pf.vf(i).unwrap().hw.clone();
     let mut w = busy(&a, 0x91);
-    hw(&a, 2)
-        .lmem()
-        .unwrap()
-        .write(0, &pattern(8 << 20, 2))
-        .unwrap();
-    let (dst_sec, src_sec) = if tls {
-        (
-            vec!["--tls-cert", &dc, "--tls-key", &dk, "--tls-ca", &ca],
-            vec!["--tls-cert", &sc, "--tls-key", &sk, "--tls-ca", &ca],
-        )
-    } else {
-        (vec!["--insecure"], vec!["--insecure"])
-    };
-    let r = Receive::start(&net, &[&b.sockets[0], &b.sockets[1]], &dst_sec);
+    write_lmem(&a, 2, &pattern(8 << 20, 2));
+    let r = Receive::start(&net, &[&b.sockets[0], &b.sockets[1]], &strs(&dst_sec));
     let rep = migrate_json(
         &net,
         &a,
         &r.url(),
-        &src_sec,
+        &strs(&src_sec),
         &["--pre-copy", "--max-bandwidth", "64M"],
     );
     assert_eq!(rep["spliced"], !tls, "{rep}");
@@ -761,13 +751,7 @@ fn a_destination_that_drops_mid_stream_leaves_every_source_running() {
     let net = Net::new("a_destination_that_drops_mid_stream_leaves_every_source_running");
     let a = host(&dir.path().join("a"), Platform::Bmg, 2, 8 * MIB);
     for i in 1..=2 {
-        a.pf.vf(i)
-            .unwrap()
-            .hw
-            .lmem()
-            .unwrap()
-            .write(0, &pattern(8 << 20, 20 + i))
-            .unwrap();
+        write_lmem(&a, i, &pattern(8 << 20, 20 + i));
     }
     let l = net.listen();
     let url = format!("tcp://{}", l.local_addr().unwrap());

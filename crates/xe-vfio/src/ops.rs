@@ -124,10 +124,18 @@ pub(crate) struct Dev<'a> {
     pub(crate) state: DeviceState,
     /// `MIG_DATA_SIZE`, if the device answers it (our extension over vfio-user: a device that
     /// does is an xe-vfio server).
-    pub(crate) data_size: Option<u64>,
+    data_size: Option<u64>,
 }
 
 impl<'a> Dev<'a> {
+    /// Whether data may be spliced into this device: its server reads a message's body in as
+    /// many pieces as it arrives in, which an xe-vfio server (one that answers MIG_DATA_SIZE)
+    /// does; any other gets each MIG_DATA_WRITE whole, in one sendmsg (libvfio-user reads a
+    /// body with one recv).
+    pub(crate) fn takes_spliced_bodies(&self) -> bool {
+        self.data_size.is_some()
+    }
+
     pub(crate) fn open(c: &'a mut dyn Endpoint, who: &str) -> Result<Dev<'a>, CliError> {
         let flags = c
             .migration_flags()
@@ -278,10 +286,7 @@ pub fn migrate_with(
         return Err(e);
     }
     let estimate = s.data_size.unwrap_or(0);
-    // Splice into an xe-vfio server, which reads a message body in as many pieces as it
-    // arrives in; any other destination gets each MIG_DATA_WRITE whole, in one sendmsg
-    // (libvfio-user reads a body with one recv).
-    let mut relay = if d.data_size.is_some() {
+    let mut relay = if d.takes_spliced_bodies() {
         Relay::new()
     } else {
         Relay::copying()

@@ -111,9 +111,8 @@ pub(super) fn send_streams(
 /// accepted.
 pub(super) fn take_streams(devs: &mut [Dev<'_>], tcp: &TcpStream) -> Result<u64, CliError> {
     let n = devs.len();
-    // Spliced, a message's body arrives in as many pieces as the connection delivers: an
-    // xe-vfio server (one that answers MIG_DATA_SIZE) reads it so; any other VF gets each
-    // MIG_DATA_WRITE whole, in one sendmsg (libvfio-user reads a body with one recv).
+    // Spliced into the VFs that read a body in pieces, copied into the others (see
+    // `Dev::takes_spliced_bodies`).
     let mut splicer = Splicer::new();
     let mut copier = Splicer::copying();
     // The sizes of each VF's writes not answered yet, and the bytes it accepted.
@@ -136,7 +135,7 @@ pub(super) fn take_streams(devs: &mut [Dev<'_>], tcp: &TcpStream) -> Result<u64,
                 while left > 0 {
                     let d = &mut devs[vf];
                     let at = totals[vf] + writes[vf].iter().sum::<usize>() as u64;
-                    let mover = if d.data_size.is_some() {
+                    let mover = if d.takes_spliced_bodies() {
                         &mut splicer
                     } else {
                         &mut copier

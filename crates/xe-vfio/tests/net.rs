@@ -573,7 +573,7 @@ fn wrong_ca_expired_or_missing_certificates_and_mismatched_vfs_are_refused() {
         roots.add(cert.unwrap()).unwrap();
     }
     let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()

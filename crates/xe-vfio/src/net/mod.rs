@@ -16,6 +16,7 @@
 //! thread on each side overlaps the encryption with reading the VFs.
 
 mod spliced;
+mod tls;
 
 use crate::endpoint::{Endpoint, Piece, StreamReader};
 use crate::ops::{self, Dev, Next, Planner, PreCopyOpts, PreCopyReport};
@@ -77,11 +78,11 @@ impl Security {
     }
 }
 
-/// ring, with rustls' safe defaults, AES-128-GCM preferred: as strong as this use needs (the
+/// aws-lc-rs, with rustls' safe defaults, AES-128-GCM preferred: as strong as this use needs (the
 /// data is ephemeral, the keys fresh per connection) and faster on the bulk of a migration.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    use rustls::crypto::ring::cipher_suite as cs;
-    let mut p = rustls::crypto::ring::default_provider();
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
     let first = [cs::TLS13_AES_128_GCM_SHA256, cs::TLS13_AES_256_GCM_SHA384];
     p.cipher_suites.retain(|s| !first.contains(s));
     let rest = std::mem::take(&mut p.cipher_suites);
@@ -123,9 +124,12 @@ fn tls_err(what: String) -> impl FnOnce(rustls::Error) -> CliError {
     move |e| CliError::new(what).cause(e)
 }
 
+/// TLS 1.3 only: after the handshake the records are protected by [`tls::TlsConn`].
+const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
 fn client_config(f: &TlsFiles) -> Result<Arc<ClientConfig>, CliError> {
-    let c = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+    let mut c = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
         .map_err(tls_err("TLS setup".into()))?
         .with_root_certificates(roots(&f.ca)?)
         .with_client_auth_cert(certs(&f.cert)?, key(&f.key)?)
@@ -134,6 +138,7 @@ fn client_config(f: &TlsFiles) -> Result<Arc<ClientConfig>, CliError> {
             f.cert.display(),
             f.key.display()
         )))?;
+    c.enable_secret_extraction = true;
     Ok(Arc::new(c))
 }
 
@@ -142,8 +147,8 @@ fn server_config(f: &TlsFiles) -> Result<Arc<ServerConfig>, CliError> {
         rustls::server::WebPkiClientVerifier::builder_with_provider(roots(&f.ca)?, provider())
             .build()
             .map_err(|e| CliError::new(format!("{}: client verifier", f.ca.display())).cause(e))?;
-    let c = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+    let mut c = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
         .map_err(tls_err("TLS setup".into()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs(&f.cert)?, key(&f.key)?)
@@ -152,6 +157,9 @@ fn server_config(f: &TlsFiles) -> Result<Arc<ServerConfig>, CliError> {
             f.cert.display(),
             f.key.display()
         )))?;
+    c.enable_secret_extraction = true;
+    // Nothing after the handshake but our frames (see `tls`).
+    c.send_tls13_tickets = 0;
     Ok(Arc::new(c))
 }
 
@@ -162,6 +170,11 @@ trait Conn: Read + Write + Send {
     fn plain(&self) -> Option<&TcpStream> {
         None
     }
+    /// The TLS connection, whose plaintext can be written into the VFs' sockets from where
+    /// it was decrypted.
+    fn tls(&mut self) -> Option<&mut tls::TlsConn> {
+        None
+    }
 }
 
 impl Conn for TcpStream {
@@ -169,32 +182,6 @@ impl Conn for TcpStream {
         Some(self)
     }
 }
-impl Conn for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {}
-impl Conn for rustls::StreamOwned<rustls::ServerConnection, Buffered> {}
-
-/// The TCP connection under the destination's TLS, read through a buffer: rustls reads at
-/// most a record (often 4 KiB) at a time, one `recv` each without it; 256 KiB reads take a
-/// fraction of the system calls for one more copy in this process.
-struct Buffered(io::BufReader<TcpStream>);
-
-impl Read for Buffered {
-    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
-        self.0.read(b)
-    }
-}
-
-impl Write for Buffered {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.0.get_mut().write(b)
-    }
-    fn write_vectored(&mut self, b: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.0.get_mut().write_vectored(b)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.get_mut().flush()
-    }
-}
-
 /// A connection and how it is protected ("TLS1.3 TLS13_AES_256_GCM_SHA384" or "plain TCP").
 struct Link {
     io: Box<dyn Conn>,
@@ -233,20 +220,13 @@ fn connect(url: &str, sec: &Security, timeout: Duration) -> Result<Link, CliErro
                 .map_err(|e| CliError::new(format!("{host}: not a server name")).cause(e))?;
             let conn = rustls::ClientConnection::new(client_config(f)?, name)
                 .map_err(tls_err("TLS setup".into()))?;
-            let mut s = rustls::StreamOwned::new(conn, tcp);
-            s.conn.set_buffer_limit(Some(2 * MAX_DATA as usize));
-            while s.conn.is_handshaking() {
-                s.conn.complete_io(&mut s.sock).map_err(|e| {
-                    CliError::new(format!("TLS handshake with {addr}"))
-                        .cause(e)
-                        .hint(format!("the destination's certificate must chain to {} and name {host}; ours must chain to the destination's CA; nothing was stopped", f.ca.display()))
-                })?;
-            }
-            let how = suite_of(&s.conn);
-            Ok(Link {
-                io: Box::new(s),
-                how,
-            })
+            let failed = |e: io::Error| {
+                CliError::new(format!("TLS handshake with {addr}"))
+                    .cause(e)
+                    .hint(format!("the destination's certificate must chain to {} and name {host}; ours must chain to the destination's CA; nothing was stopped", f.ca.display()))
+            };
+            let (io, how) = handshake(conn.into(), tcp).map_err(failed)?;
+            Ok(Link { io, how })
         }
     }
 }
@@ -925,18 +905,24 @@ pub fn receive_on(
 
 fn server_handshake(cfg: &Arc<ServerConfig>, tcp: TcpStream) -> Result<Link, CliError> {
     let conn = rustls::ServerConnection::new(cfg.clone()).map_err(tls_err("TLS setup".into()))?;
-    let tcp = Buffered(io::BufReader::with_capacity(256 << 10, tcp));
-    let mut s = rustls::StreamOwned::new(conn, tcp);
-    while s.conn.is_handshaking() {
-        s.conn
-            .complete_io(&mut s.sock)
-            .map_err(|e| CliError::new("TLS handshake").cause(e))?;
+    let (io, how) =
+        handshake(conn.into(), tcp).map_err(|e| CliError::new("TLS handshake").cause(e))?;
+    Ok(Link { io, how })
+}
+
+/// Either side's handshake, read one record at a time; then the records are ours.
+fn handshake(mut conn: rustls::Connection, tcp: TcpStream) -> io::Result<(Box<dyn Conn>, String)> {
+    let mut rw = tls::RecordWise::new(&tcp);
+    while conn.is_handshaking() {
+        conn.complete_io(&mut rw)?;
     }
-    let how = suite_of(&s.conn);
-    Ok(Link {
-        io: Box::new(s),
-        how,
-    })
+    while conn.wants_write() {
+        conn.write_tls(&mut rw)?;
+    }
+    let how = suite_of(&conn);
+    let t =
+        tls::TlsConn::new(tcp, conn).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok((Box::new(t), how))
 }
 
 /// Turns away every connection while a migration runs.
@@ -1027,8 +1013,9 @@ fn receive_one(
         let notes: Vec<String> = devs.iter_mut().map(|d| d.reset_destination(true)).collect();
         return Err(e.hint(format!("the migration was aborted; {}", notes.join("; "))));
     }
-    let spliced = link.io.plain().is_some() && spliced::all_vfio_user(&mut devs);
-    let (conn, taken) = take_streams(&mut devs, link.io, spliced);
+    let direct = spliced::all_vfio_user(&mut devs);
+    let spliced = direct && link.io.plain().is_some();
+    let (conn, taken) = take_streams(&mut devs, link.io, direct);
     let mut conn = conn;
     let r = taken.and_then(|bytes| {
         // P2P first for all, then RUNNING for each.
@@ -1156,17 +1143,24 @@ enum Incoming {
 }
 
 /// DATA frames into each VF until every VF's END; returns the connection (unless its reader
-/// failed past recovery) and the bytes written. `spliced`: from this thread, see [`spliced`].
-/// Else a reader thread owns the connection meanwhile, so receiving (and decrypting) the next
+/// failed past recovery) and the bytes written. `direct` (every VF served over vfio-user):
+/// from this thread, spliced from plain TCP or written from where TLS decrypted it (see
+/// [`spliced`]). Else a reader thread owns the connection meanwhile, so receiving (and decrypting) the next
 /// frame overlaps writing the last into its VF; buffers go back and forth through a small pool.
 fn take_streams(
     devs: &mut [Dev<'_>],
     mut io: Box<dyn Conn>,
-    spliced: bool,
+    direct: bool,
 ) -> (Option<Box<dyn Conn>>, Result<u64, CliError>) {
-    if let Some(tcp) = io.plain().filter(|_| spliced) {
-        let r = spliced::take_streams(devs, tcp);
-        return (Some(io), r);
+    if direct {
+        if let Some(tcp) = io.plain() {
+            let r = spliced::take_streams(devs, &mut spliced::Plain::new(tcp));
+            return (Some(io), r);
+        }
+        if let Some(t) = io.tls() {
+            let r = spliced::take_streams(devs, t);
+            return (Some(io), r);
+        }
     }
     let n = devs.len();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Incoming>(POOL);

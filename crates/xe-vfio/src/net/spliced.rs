@@ -3,7 +3,12 @@
 //! VF's socket, through a pipe (`splice(2)`, [`Splicer`]) — never through this process's
 //! memory. The frame headers, the vfio-user headers and every length are still read, checked
 //! and written here; only the byte counts they announce are spliced. A kernel VFIO device on
-//! either side, or TLS, takes the buffered path instead.
+//! either side takes the buffered path instead.
+//!
+//! Over TLS the destination takes the same path ([`take_streams`] over [`Bodies`]), with the
+//! records decrypted in the connection's buffer and the plaintext written into the VF's
+//! socket from there (see `tls`); the source sends through the buffered path (the bytes must
+//! pass through this process to be encrypted either way).
 //!
 //! Requests are kept in flight on every VF, on both sides: the source VFs prepare their next
 //! chunks while this one crosses the link ([`MigReads`]), and the destination VFs take the
@@ -17,8 +22,9 @@ use super::{peer_error, proto, recv_header, recv_payload, send};
 use crate::ops::Dev;
 use crate::util::{client_error, CliError};
 use mig_net::{kind, Header, MAX_DATA};
-use rustix::fd::AsFd;
+use rustix::fd::{AsFd, BorrowedFd};
 use std::collections::VecDeque;
+use std::io::{self, Read};
 use std::net::TcpStream;
 use vfio_user::relay::DEPTH;
 use vfio_user::splice::{PassError, Splicer};
@@ -106,22 +112,71 @@ pub(super) fn send_streams(
     Ok(())
 }
 
-/// The destination's side: DATA frames spliced into their VFs as MIG_DATA_WRITE, until every
+/// Where the destination's frames come from, and how a frame's bytes go on into a VF.
+pub(super) trait Bodies: Read {
+    /// Sends `head`, then the stream's next `n` bytes, to the VF socket `to`: in pieces as
+    /// they come, or (`whole`, for a VF that reads a body with one `recv`) with one
+    /// `sendmsg`. `n` is bounded by the caller (a frame's checked length).
+    fn pass(
+        &mut self,
+        to: BorrowedFd<'_>,
+        head: &[u8],
+        n: usize,
+        whole: bool,
+    ) -> Result<(), PassError>;
+}
+
+/// Plain TCP: bodies spliced (or copied through a buffer for a VF that needs them whole).
+pub(super) struct Plain<'a> {
+    tcp: &'a TcpStream,
+    splicer: Splicer,
+    copier: Splicer,
+}
+
+impl<'a> Plain<'a> {
+    pub(super) fn new(tcp: &'a TcpStream) -> Plain<'a> {
+        Plain {
+            tcp,
+            splicer: Splicer::new(),
+            copier: Splicer::copying(),
+        }
+    }
+}
+
+impl Read for Plain<'_> {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        (&mut &*self.tcp).read(b)
+    }
+}
+
+impl Bodies for Plain<'_> {
+    fn pass(
+        &mut self,
+        to: BorrowedFd<'_>,
+        head: &[u8],
+        n: usize,
+        whole: bool,
+    ) -> Result<(), PassError> {
+        let m = if whole {
+            &mut self.copier
+        } else {
+            &mut self.splicer
+        };
+        m.pass(self.tcp.as_fd(), to, head, n)
+    }
+}
+
+/// The destination's side: DATA frames passed into their VFs as MIG_DATA_WRITE, until every
 /// VF's END; returns the bytes the VFs accepted. An END must count exactly the bytes its VF
 /// accepted.
-pub(super) fn take_streams(devs: &mut [Dev<'_>], tcp: &TcpStream) -> Result<u64, CliError> {
+pub(super) fn take_streams(devs: &mut [Dev<'_>], src: &mut dyn Bodies) -> Result<u64, CliError> {
     let n = devs.len();
-    // Spliced into the VFs that read a body in pieces, copied into the others (see
-    // `Dev::takes_spliced_bodies`).
-    let mut splicer = Splicer::new();
-    let mut copier = Splicer::copying();
     // The sizes of each VF's writes not answered yet, and the bytes it accepted.
     let mut writes = vec![VecDeque::<usize>::new(); n];
     let mut totals = vec![0u64; n];
     let mut ended = vec![false; n];
-    let mut r = tcp;
     while ended.iter().any(|e| !e) {
-        let h = recv_header(&mut r).map_err(|e| out_of_step(e.context("receiving the streams")))?;
+        let h = recv_header(src).map_err(|e| out_of_step(e.context("receiving the streams")))?;
         let vf = usize::from(h.vf);
         match h.kind {
             kind::DATA | kind::END if vf >= n || ended[vf] => {
@@ -135,15 +190,13 @@ pub(super) fn take_streams(devs: &mut [Dev<'_>], tcp: &TcpStream) -> Result<u64,
                 while left > 0 {
                     let d = &mut devs[vf];
                     let at = totals[vf] + writes[vf].iter().sum::<usize>() as u64;
-                    let mover = if d.takes_spliced_bodies() {
-                        &mut splicer
-                    } else {
-                        &mut copier
-                    };
+                    // Pieces into the VFs that read a body in pieces, whole messages into the
+                    // others (see `Dev::takes_spliced_bodies`).
+                    let whole = !d.takes_spliced_bodies();
                     let (who, c) = client(d)?;
                     let len = left.min(c.max_xfer() as usize);
                     let head = c.mig_data_write_head(len);
-                    match mover.pass(tcp.as_fd(), c.socket().as_fd(), &head, len) {
+                    match src.pass(c.socket().as_fd(), &head, len, whole) {
                         Ok(()) => {}
                         Err(PassError::Source(e)) => {
                             let e = proto(format!("receiving the streams: {e}"));
@@ -160,7 +213,7 @@ pub(super) fn take_streams(devs: &mut [Dev<'_>], tcp: &TcpStream) -> Result<u64,
                 }
             }
             kind::END => {
-                let p = recv_payload(&mut r, &h).map_err(out_of_step)?;
+                let p = recv_payload(src, &h).map_err(out_of_step)?;
                 let total = mig_net::parse_end(&p)
                     .map_err(|e| out_of_step(proto("a malformed END").cause(e)))?;
                 take_answers(&mut devs[vf], &mut writes[vf], &mut totals[vf], 0)?;
@@ -173,7 +226,7 @@ pub(super) fn take_streams(devs: &mut [Dev<'_>], tcp: &TcpStream) -> Result<u64,
                 ended[vf] = true;
             }
             kind::ERROR => {
-                let p = recv_payload(&mut r, &h).map_err(out_of_step)?;
+                let p = recv_payload(src, &h).map_err(out_of_step)?;
                 return Err(out_of_step(peer_error(&p).context("the source aborted")));
             }
             k => return Err(out_of_step(proto(format!("frame kind {k} in the streams")))),

@@ -1,17 +1,10 @@
 //! TLS between the hosts: rustls does the handshake (certificates, mutual authentication,
-//! key schedule); once it is done, the records of the connection are protected here, with the
-//! keys rustls hands over (`dangerous_extract_secrets`, the interface it has for kernel TLS)
-//! and rustls' own record protection (`MessageEncrypter`/`MessageDecrypter`) — so the
-//! cryptography is rustls', and what this module adds is where the bytes live.
-//!
-//! Why not rustls' streams: they copy every byte of the application data twice beyond the
-//! socket's own copy (into the deframer's buffer, and from a plaintext queue into the
-//! caller's buffer) and a third time on our side to hand it on. A VF's stream is gigabytes,
-//! and on the destination those copies were most of the CPU a TLS migration took. Here the
-//! records are read from the socket straight into one buffer, decrypted where they lie, and
-//! the plaintext is written from there into the destination VF's socket ([`TlsConn::pass`]):
-//! the socket's copy, the decryption, the VF socket's copy, nothing else. No crate does this
-//! part (`ktls` configures the kernel's TLS, which this machine's kernel does not have).
+//! key schedule); then the connection's records are ours: [`tls_records`] protects them with
+//! the keys rustls hands over and rustls' own record protection, in buffers that keep the
+//! bytes where they are. On the destination the records are read from the socket straight
+//! into the opener's buffer, decrypted where they lie, and the plaintext is written from
+//! there into the destination VF's socket ([`TlsConn::pass`]): the socket's copy, the
+//! decryption, the VF socket's copy, nothing else (rustls' streams added three copies).
 //!
 //! Only TLS 1.3 is spoken (both ends are xe-vfio). No key update: a connection stops with an
 //! error when its sending key has protected as many records as the cipher suite allows
@@ -20,28 +13,18 @@
 //! session tickets, and each side reads the handshake one record at a time
 //! ([`RecordWise`]), so rustls never buffers a record that comes after it.
 
-use rustls::crypto::cipher::{
-    InboundOpaqueMessage, MessageDecrypter, MessageEncrypter, OutboundChunks, OutboundPlainMessage,
-};
-use rustls::{
-    AlertDescription, ConnectionTrafficSecrets, ContentType, ProtocolVersion, SupportedCipherSuite,
-};
-use std::collections::VecDeque;
+use rustls::SupportedCipherSuite;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpStream;
-use std::ops::Range;
 use std::os::fd::BorrowedFd;
+use tls_records::{Opener, Sealer, MAX_RECORD};
 use vfio_user::splice::PassError;
 
 /// A record's header: type, legacy version, length.
-const RECORD_HEADER: usize = 5;
-/// Most plaintext one record carries.
-const MAX_FRAGMENT: usize = 1 << 14;
-/// Most ciphertext one TLS 1.3 record may carry (RFC 8446 §5.2).
-const MAX_CIPHERTEXT: usize = MAX_FRAGMENT + 256;
+const RECORD_HEADER: usize = tls_records::HEADER;
 /// The receive buffer: a DATA frame's worth of records per read, and room for the partial
 /// record a read leaves behind.
-const BUF: usize = (mig_net::MAX_DATA as usize) + 4 * (RECORD_HEADER + MAX_CIPHERTEXT);
+const BUF: usize = (mig_net::MAX_DATA as usize) + 4 * MAX_RECORD;
 
 /// The handshake's reader: hands rustls one record at a time (at most the rest of the
 /// current one per read), so that when the handshake ends no byte after its last record has
@@ -111,76 +94,45 @@ impl Write for RecordWise<'_> {
     }
 }
 
-fn invalid(what: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.into())
+fn invalid(e: tls_records::RecordError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-/// A TLS 1.3 connection after its handshake.
+/// A TLS 1.3 connection after its handshake: the records ours ([`tls_records`]), received
+/// into the opener's buffer and written from there.
 pub(super) struct TlsConn {
     tcp: TcpStream,
-    enc: Box<dyn MessageEncrypter>,
-    tx_seq: u64,
-    /// Records the sending key may protect.
-    tx_limit: u64,
-    dec: Box<dyn MessageDecrypter>,
-    rx_seq: u64,
-    /// Records as received, decrypted in place.
-    buf: Vec<u8>,
-    /// The decrypted plaintext not yet consumed, in order, in `buf`.
-    plain: VecDeque<Range<usize>>,
-    /// Received bytes not yet decrypted (a partial record), after all of `plain`.
-    raw: Range<usize>,
-    /// The peer sent close_notify.
-    closed: bool,
+    sealer: Sealer,
+    opener: Opener,
 }
 
 impl TlsConn {
     /// Takes over from rustls: `conn` has completed its handshake and has nothing left to
     /// send (the caller flushed it).
-    pub(super) fn new(tcp: TcpStream, conn: rustls::Connection) -> Result<TlsConn, rustls::Error> {
+    pub(super) fn new(tcp: TcpStream, conn: rustls::Connection) -> io::Result<TlsConn> {
         let suite = match conn.negotiated_cipher_suite() {
             Some(SupportedCipherSuite::Tls13(s)) => s,
             _ => {
-                return Err(rustls::Error::General(
-                    "not TLS 1.3 (the only version xe-vfio speaks)".into(),
-                ))
+                let e = "not TLS 1.3 (the only version xe-vfio speaks)";
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
             }
         };
-        let secrets = conn.dangerous_extract_secrets()?;
-        let keys = |s: ConnectionTrafficSecrets| match s {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv }
-            | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
-            | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (key, iv),
-            _ => unreachable!("no other TLS 1.3 cipher suite is configured"),
-        };
-        let ((tx_seq, tx), (rx_seq, rx)) = (secrets.tx, secrets.rx);
-        let (tk, ti) = keys(tx);
-        let (rk, ri) = keys(rx);
+        let secrets = conn
+            .dangerous_extract_secrets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let (sealer, opener) = tls_records::split(suite, secrets, BUF).map_err(invalid)?;
         Ok(TlsConn {
             tcp,
-            enc: suite.aead_alg.encrypter(tk, ti),
-            tx_seq,
-            tx_limit: suite.common.confidentiality_limit,
-            dec: suite.aead_alg.decrypter(rk, ri),
-            rx_seq,
-            buf: vec![0; BUF],
-            plain: VecDeque::new(),
-            raw: 0..0,
-            closed: false,
+            sealer,
+            opener,
         })
     }
 
-    /// Receives until some plaintext is ready (or the peer closed). Only called with all the
-    /// plaintext consumed, so the partial record left is the only thing to keep.
+    /// Receives until some plaintext is ready (or the peer closed).
     fn fill(&mut self) -> io::Result<()> {
-        debug_assert!(self.plain.is_empty());
-        while self.plain.is_empty() && !self.closed {
-            if self.raw.start > 0 {
-                self.buf.copy_within(self.raw.clone(), 0);
-                self.raw = 0..self.raw.len();
-            }
+        while self.opener.available() == 0 && !self.opener.closed() {
             let n = loop {
-                match self.tcp.read(&mut self.buf[self.raw.end..]) {
+                match self.tcp.read(self.opener.spare()) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     r => break r?,
                 }
@@ -191,90 +143,14 @@ impl TlsConn {
                     "the peer closed the connection without a TLS close_notify",
                 ));
             }
-            self.raw.end += n;
-            self.open_records()?;
+            self.opener.received(n).map_err(invalid)?;
         }
         Ok(())
     }
 
-    /// Decrypts every whole record in `raw`.
-    fn open_records(&mut self) -> io::Result<()> {
-        while self.raw.len() >= RECORD_HEADER && !self.closed {
-            let at = self.raw.start;
-            let h = &self.buf[at..at + RECORD_HEADER];
-            let (typ, version) = (h[0], u16::from_be_bytes([h[1], h[2]]));
-            let len = usize::from(u16::from_be_bytes([h[3], h[4]]));
-            if ContentType::from(typ) != ContentType::ApplicationData {
-                return Err(invalid(format!(
-                    "a TLS record of type {:?} after the handshake",
-                    ContentType::from(typ)
-                )));
-            }
-            if len > MAX_CIPHERTEXT {
-                return Err(invalid(format!(
-                    "a TLS record of {len} bytes (at most {MAX_CIPHERTEXT})"
-                )));
-            }
-            if self.raw.len() < RECORD_HEADER + len {
-                break;
-            }
-            let body = at + RECORD_HEADER..at + RECORD_HEADER + len;
-            self.raw.start = body.end;
-            let seq = self.rx_seq;
-            self.rx_seq = seq
-                .checked_add(1)
-                .ok_or_else(|| invalid("TLS record sequence numbers exhausted"))?;
-            let msg = InboundOpaqueMessage::new(
-                ContentType::ApplicationData,
-                ProtocolVersion::from(version),
-                &mut self.buf[body.clone()],
-            );
-            let m = self
-                .dec
-                .decrypt(msg, seq)
-                .map_err(|e| invalid(format!("a TLS record from the peer: {e}")))?;
-            // Decrypted in place: the plaintext starts where the ciphertext did.
-            let (typ, plain) = (m.typ, body.start..body.start + m.payload.len());
-            match typ {
-                ContentType::ApplicationData if plain.is_empty() => {}
-                ContentType::ApplicationData => self.plain.push_back(plain),
-                ContentType::Alert => {
-                    let p = &self.buf[plain];
-                    let desc = AlertDescription::from(*p.get(1).unwrap_or(&255));
-                    if p.len() == 2 && desc == AlertDescription::CloseNotify {
-                        self.closed = true;
-                    } else {
-                        return Err(invalid(format!("received fatal alert: {desc:?}")));
-                    }
-                }
-                t => {
-                    return Err(invalid(format!(
-                        "a TLS {t:?} message after the handshake (key updates are not taken)"
-                    )))
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Drops the first `n` bytes of the plaintext.
-    fn consume(&mut self, mut n: usize) {
-        while n > 0 {
-            let Some(r) = self.plain.front_mut() else {
-                return;
-            };
-            let k = n.min(r.len());
-            r.start += k;
-            n -= k;
-            if r.start == r.end {
-                self.plain.pop_front();
-            }
-        }
-    }
-
-    /// Sends `head` and then the next `n` bytes of plaintext to `to` (a VF's socket),
-    /// written from where they were decrypted, in as many writes as the records take (the
-    /// VF reads a body in pieces). Errors as [`vfio_user::splice::Splicer::pass`]'s.
+    /// Sends `head` and then the next `n` bytes of plaintext to `to` (a VF's socket), written
+    /// from where they were decrypted, in as many writes as the records take (the VF reads a
+    /// body in pieces). Errors as [`vfio_user::splice::Splicer::pass`]'s.
     pub(super) fn pass(
         &mut self,
         to: BorrowedFd<'_>,
@@ -285,17 +161,17 @@ impl TlsConn {
             .map_err(|err| PassError::Destination { err, left: n })?;
         let mut left = n;
         while left > 0 {
-            if self.plain.is_empty() {
+            if self.opener.available() == 0 {
                 self.fill().map_err(PassError::Source)?;
-                if self.plain.is_empty() {
+                if self.opener.available() == 0 {
                     return Err(PassError::Source(io::ErrorKind::UnexpectedEof.into()));
                 }
             }
             let mut take = 0;
-            let mut parts = Vec::with_capacity(self.plain.len());
-            for r in &self.plain {
-                let k = r.len().min(left - take);
-                parts.push(IoSlice::new(&self.buf[r.start..r.start + k]));
+            let mut parts = Vec::new();
+            for p in self.opener.plaintext() {
+                let k = p.len().min(left - take);
+                parts.push(IoSlice::new(&p[..k]));
                 take += k;
                 if take == left {
                     break;
@@ -303,38 +179,19 @@ impl TlsConn {
             }
             let more = take < left;
             send_all(to, &mut parts, more).map_err(|err| PassError::Destination { err, left })?;
-            self.consume(take);
+            self.opener.consume(take);
             left -= take;
         }
         Ok(())
     }
 
-    /// Protects `data` as records of at most [`MAX_FRAGMENT`] bytes each, in the order
-    /// given, and sends them with one vectored write.
+    /// Protects `data` (one frame: its header and payload) as records, sent with one
+    /// vectored write.
     fn seal_and_send(&mut self, data: &[&[u8]]) -> io::Result<()> {
         let mut records = Vec::new();
-        let mut rest = OutboundChunks::new(data);
-        while !rest.is_empty() {
-            if self.tx_seq >= self.tx_limit {
-                return Err(io::Error::other(format!(
-                    "this connection's TLS key has protected {} records, as many as its cipher suite allows; xe-vfio does not update keys: migrate over a new connection",
-                    self.tx_seq
-                )));
-            }
-            let (now, later) = rest.split_at(MAX_FRAGMENT);
-            let msg = OutboundPlainMessage {
-                typ: ContentType::ApplicationData,
-                version: ProtocolVersion::TLSv1_2,
-                payload: now,
-            };
-            let sealed = self
-                .enc
-                .encrypt(msg, self.tx_seq)
-                .map_err(|e| io::Error::other(format!("TLS: {e}")))?;
-            self.tx_seq += 1;
-            records.push(sealed.encode());
-            rest = later;
-        }
+        self.sealer
+            .seal(data, &mut records)
+            .map_err(io::Error::other)?;
         let mut parts: Vec<IoSlice<'_>> = records.iter().map(|r| IoSlice::new(r)).collect();
         let mut parts = &mut parts[..];
         while !parts.is_empty() {
@@ -372,16 +229,11 @@ impl Read for TlsConn {
         if out.is_empty() {
             return Ok(0);
         }
-        if self.plain.is_empty() {
+        if self.opener.available() == 0 {
             self.fill()?;
         }
-        let Some(r) = self.plain.front() else {
-            return Ok(0); // close_notify
-        };
-        let k = r.len().min(out.len());
-        out[..k].copy_from_slice(&self.buf[r.start..r.start + k]);
-        self.consume(k);
-        Ok(k)
+        // 0 after close_notify.
+        Ok(self.opener.read(out))
     }
 }
 

@@ -1,0 +1,332 @@
+//! TLS 1.3 records after a rustls handshake, kept where the bytes already are.
+//!
+//! rustls' streams copy application data twice beyond the socket's own copy (into the
+//! deframer's buffer, and from a plaintext queue into the caller's buffer). For a bulk
+//! transfer — a VF's migration stream, gigabytes — those copies cost more CPU than the
+//! decryption. Here the caller receives straight into an [`Opener`]'s buffer, the records are
+//! decrypted where they lie, and the plaintext is read from there (as slices, for a vectored
+//! write onwards); a [`Sealer`] protects the caller's slices as records.
+//!
+//! The keys come from rustls (`dangerous_extract_secrets`, the interface it has for kernel
+//! TLS, [`split`]) and the record protection is rustls' own (`MessageEncrypter`,
+//! `MessageDecrypter` of the negotiated suite): what this crate adds is the record framing,
+//! the sequence numbers and the buffer. No crate did this part: `ktls` hands the keys to the
+//! kernel's TLS, which not every kernel has.
+//!
+//! TLS 1.3 only. After the handshake only application data and alerts are taken: a
+//! handshake message (key update, session ticket) is an error, so the peer must send none
+//! (a rustls server: `send_tls13_tickets = 0`). A [`Sealer`] stops at its suite's
+//! confidentiality limit (about 2^24.5 records for AES-GCM) instead of updating keys.
+//!
+//! Untrusted input: a record's length is checked before anything waits for it, nothing is
+//! allocated from it, every malformed record is an error (and the opener stays failed), and
+//! no plaintext comes out of a record that does not authenticate.
+
+use rustls::crypto::cipher::{
+    AeadKey, InboundOpaqueMessage, Iv, MessageDecrypter, MessageEncrypter, OutboundChunks,
+    OutboundPlainMessage,
+};
+use rustls::{
+    AlertDescription, ConnectionTrafficSecrets, ContentType, ExtractedSecrets, ProtocolVersion,
+    Tls13CipherSuite,
+};
+use std::collections::VecDeque;
+use std::ops::Range;
+use thiserror::Error;
+
+/// A record's header: content type, legacy version, length.
+pub const HEADER: usize = 5;
+/// Most plaintext one record carries.
+pub const MAX_FRAGMENT: usize = 1 << 14;
+/// Most ciphertext one TLS 1.3 record may carry (RFC 8446 §5.2).
+pub const MAX_CIPHERTEXT: usize = MAX_FRAGMENT + 256;
+/// The largest record, header included.
+pub const MAX_RECORD: usize = HEADER + MAX_CIPHERTEXT;
+
+/// What went wrong with a record.
+#[derive(Debug, Clone, Error)]
+pub enum RecordError {
+    #[error("a TLS record of type {0:?} after the handshake")]
+    Type(ContentType),
+    #[error("a TLS record of {0} bytes (at most {MAX_CIPHERTEXT})")]
+    Length(usize),
+    #[error("a TLS record from the peer: {0}")]
+    Open(rustls::Error),
+    #[error("received fatal alert: {0:?}")]
+    Alert(AlertDescription),
+    #[error(
+        "a TLS {0:?} message after the handshake (key updates and session tickets are not taken)"
+    )]
+    Unexpected(ContentType),
+    #[error("TLS record sequence numbers exhausted")]
+    Exhausted,
+    #[error("this connection's key has protected {0} records, as many as its cipher suite allows; keys are not updated: use a new connection")]
+    KeyLimit(u64),
+    #[error("sealing a TLS record: {0}")]
+    Seal(rustls::Error),
+    #[error("TLS keys: {0}")]
+    Keys(&'static str),
+}
+
+fn key_iv(s: ConnectionTrafficSecrets) -> Result<(AeadKey, Iv), RecordError> {
+    match s {
+        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => Ok((key, iv)),
+        _ => Err(RecordError::Keys("a cipher this crate does not know")),
+    }
+}
+
+/// Both directions of a connection whose handshake rustls completed with `suite`: the
+/// sealer for what this side sends, the opener (with a receive buffer of `capacity` bytes)
+/// for what it receives.
+pub fn split(
+    suite: &Tls13CipherSuite,
+    secrets: ExtractedSecrets,
+    capacity: usize,
+) -> Result<(Sealer, Opener), RecordError> {
+    let ((tx_seq, tx), (rx_seq, rx)) = (secrets.tx, secrets.rx);
+    let (tk, ti) = key_iv(tx)?;
+    let (rk, ri) = key_iv(rx)?;
+    Ok((
+        Sealer::new(suite, tk, ti, tx_seq),
+        Opener::new(suite, rk, ri, rx_seq, capacity),
+    ))
+}
+
+/// Protects what this side sends.
+pub struct Sealer {
+    enc: Box<dyn MessageEncrypter>,
+    seq: u64,
+    limit: u64,
+}
+
+impl Sealer {
+    /// A sealer with `key` and `iv` of `suite`, whose next record is number `seq`.
+    pub fn new(suite: &Tls13CipherSuite, key: AeadKey, iv: Iv, seq: u64) -> Sealer {
+        Sealer {
+            enc: suite.aead_alg.encrypter(key, iv),
+            seq,
+            limit: suite.common.confidentiality_limit,
+        }
+    }
+
+    /// Protects the concatenation of `data` as application data records of at most
+    /// [`MAX_FRAGMENT`] bytes of plaintext each, appended (headers included) to `out`.
+    pub fn seal(&mut self, data: &[&[u8]], out: &mut Vec<Vec<u8>>) -> Result<(), RecordError> {
+        let mut rest = OutboundChunks::new(data);
+        while !rest.is_empty() {
+            let (now, later) = rest.split_at(MAX_FRAGMENT);
+            out.push(self.record(ContentType::ApplicationData, now)?);
+            rest = later;
+        }
+        Ok(())
+    }
+
+    /// One record of content type `typ` (an alert, say) carrying `data` (at most
+    /// [`MAX_FRAGMENT`] bytes).
+    pub fn seal_as(&mut self, typ: ContentType, data: &[u8]) -> Result<Vec<u8>, RecordError> {
+        if data.len() > MAX_FRAGMENT {
+            return Err(RecordError::Length(data.len()));
+        }
+        self.record(typ, OutboundChunks::from(data))
+    }
+
+    fn record(
+        &mut self,
+        typ: ContentType,
+        payload: OutboundChunks<'_>,
+    ) -> Result<Vec<u8>, RecordError> {
+        if self.seq >= self.limit {
+            return Err(RecordError::KeyLimit(self.seq));
+        }
+        let msg = OutboundPlainMessage {
+            typ,
+            version: ProtocolVersion::TLSv1_2,
+            payload,
+        };
+        let sealed = self.enc.encrypt(msg, self.seq).map_err(RecordError::Seal)?;
+        self.seq += 1;
+        Ok(sealed.encode())
+    }
+
+    /// The number of the next record.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Stops at `limit` records instead of the suite's (for tests of the limit).
+    pub fn set_limit(&mut self, limit: u64) {
+        self.limit = limit.min(self.limit);
+    }
+}
+
+/// Opens what this side receives, in its own buffer.
+///
+/// The caller receives into [`Opener::spare`] and reports how much with
+/// [`Opener::received`]; every whole record is then decrypted in place, and its plaintext
+/// is available ([`Opener::plaintext`], [`Opener::read`]) until [`Opener::consume`]d. A
+/// partial record waits for the rest. Consuming the plaintext makes room.
+pub struct Opener {
+    dec: Box<dyn MessageDecrypter>,
+    seq: u64,
+    buf: Vec<u8>,
+    /// The plaintext not yet consumed, in order.
+    plain: VecDeque<Range<usize>>,
+    /// Received bytes not yet opened (a partial record), after all of `plain`.
+    raw: Range<usize>,
+    /// The peer sent close_notify: nothing after it is read.
+    closed: bool,
+    /// The first error; every later call returns it.
+    failed: Option<RecordError>,
+}
+
+impl Opener {
+    /// An opener with `key` and `iv` of `suite`, whose next record is number `seq`, and a
+    /// receive buffer of `capacity` bytes (at least two whole records).
+    pub fn new(
+        suite: &Tls13CipherSuite,
+        key: AeadKey,
+        iv: Iv,
+        seq: u64,
+        capacity: usize,
+    ) -> Opener {
+        Opener {
+            dec: suite.aead_alg.decrypter(key, iv),
+            seq,
+            buf: vec![0; capacity.max(2 * MAX_RECORD)],
+            plain: VecDeque::new(),
+            raw: 0..0,
+            closed: false,
+            failed: None,
+        }
+    }
+
+    /// Where the next bytes received go. When fewer than a whole record's bytes are free at
+    /// the end, what is kept (plaintext and a partial record) moves to the front first —
+    /// nothing, with the plaintext consumed, but a partial record.
+    pub fn spare(&mut self) -> &mut [u8] {
+        if self.buf.len() - self.raw.end < MAX_RECORD {
+            let from = self.plain.front().map_or(self.raw.start, |r| r.start);
+            if from > 0 {
+                self.buf.copy_within(from..self.raw.end, 0);
+                for r in &mut self.plain {
+                    *r = r.start - from..r.end - from;
+                }
+                self.raw = self.raw.start - from..self.raw.end - from;
+            }
+        }
+        &mut self.buf[self.raw.end..]
+    }
+
+    /// `n` bytes were received into [`Opener::spare`]: opens every whole record.
+    pub fn received(&mut self, n: usize) -> Result<(), RecordError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        self.raw.end += n.min(self.buf.len() - self.raw.end);
+        let r = self.open_records();
+        if let Err(e) = &r {
+            self.failed = Some(e.clone());
+        }
+        r
+    }
+
+    fn open_records(&mut self) -> Result<(), RecordError> {
+        while self.raw.len() >= HEADER && !self.closed {
+            let at = self.raw.start;
+            let h = &self.buf[at..at + HEADER];
+            let (typ, version) = (ContentType::from(h[0]), u16::from_be_bytes([h[1], h[2]]));
+            let len = usize::from(u16::from_be_bytes([h[3], h[4]]));
+            if typ != ContentType::ApplicationData {
+                return Err(RecordError::Type(typ));
+            }
+            if len > MAX_CIPHERTEXT {
+                return Err(RecordError::Length(len));
+            }
+            if self.raw.len() < HEADER + len {
+                break;
+            }
+            let body = at + HEADER..at + HEADER + len;
+            self.raw.start = body.end;
+            let seq = self.seq;
+            self.seq = seq.checked_add(1).ok_or(RecordError::Exhausted)?;
+            let base = self.buf.as_ptr() as usize;
+            let msg = InboundOpaqueMessage::new(
+                ContentType::ApplicationData,
+                ProtocolVersion::from(version),
+                &mut self.buf[body.clone()],
+            );
+            let m = self.dec.decrypt(msg, seq).map_err(RecordError::Open)?;
+            // Decrypted in place: the plaintext lies within the record's body.
+            let start = (m.payload.as_ptr() as usize).wrapping_sub(base);
+            let (typ, plain) = (m.typ, start..start.saturating_add(m.payload.len()));
+            if plain.start < body.start || plain.end > body.end {
+                return Err(RecordError::Keys(
+                    "the decrypter did not open the record in place",
+                ));
+            }
+            match typ {
+                ContentType::ApplicationData if plain.start == plain.end => {}
+                ContentType::ApplicationData => self.plain.push_back(plain),
+                ContentType::Alert => {
+                    let p = &self.buf[plain];
+                    let desc = AlertDescription::from(p.get(1).copied().unwrap_or(255));
+                    if p.len() == 2 && desc == AlertDescription::CloseNotify {
+                        self.closed = true;
+                    } else {
+                        return Err(RecordError::Alert(desc));
+                    }
+                }
+                t => return Err(RecordError::Unexpected(t)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The plaintext not yet consumed, record by record.
+    pub fn plaintext(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.plain.iter().map(|r| &self.buf[r.clone()])
+    }
+
+    /// How many bytes of plaintext are waiting.
+    pub fn available(&self) -> usize {
+        self.plain.iter().map(|r| r.len()).sum()
+    }
+
+    /// Drops the first `n` bytes of plaintext (all of it, if fewer).
+    pub fn consume(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(r) = self.plain.front_mut() else {
+                return;
+            };
+            let k = n.min(r.end - r.start);
+            r.start += k;
+            n -= k;
+            if r.start == r.end {
+                self.plain.pop_front();
+            }
+        }
+    }
+
+    /// Copies plaintext into `out` and consumes it; how many bytes.
+    pub fn read(&mut self, out: &mut [u8]) -> usize {
+        let mut done = 0;
+        while done < out.len() {
+            let Some(r) = self.plain.front() else { break };
+            let k = (r.end - r.start).min(out.len() - done);
+            out[done..done + k].copy_from_slice(&self.buf[r.start..r.start + k]);
+            done += k;
+            self.consume(k);
+        }
+        done
+    }
+
+    /// The peer closed the connection cleanly (close_notify).
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+}
+
+#[cfg(test)]
+mod tests;

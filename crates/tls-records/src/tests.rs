@@ -1,0 +1,357 @@
+use super::*;
+use proptest::prelude::*;
+use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+use rustls::SupportedCipherSuite;
+use std::sync::Arc;
+
+fn suite(s: SupportedCipherSuite) -> &'static Tls13CipherSuite {
+    // (TLS 1.2 suites exist when another crate enables rustls' `tls12`.)
+    #[allow(unreachable_patterns)]
+    match s {
+        SupportedCipherSuite::Tls13(t) => t,
+        _ => unreachable!("a TLS 1.3 suite"),
+    }
+}
+
+/// A sealer and the opener of the same direction (fixed keys: 32-byte-key suites only).
+fn pair(s: SupportedCipherSuite, capacity: usize) -> (Sealer, Opener) {
+    let s = suite(s);
+    let key = || AeadKey::from([7u8; 32]);
+    let iv = || Iv::from([9u8; 12]);
+    (
+        Sealer::new(s, key(), iv(), 0),
+        Opener::new(s, key(), iv(), 0, capacity),
+    )
+}
+
+/// Feeds `bytes` to `o` in pieces of `chunk` bytes, taking the plaintext as it comes.
+fn feed(o: &mut Opener, bytes: &[u8], chunk: usize) -> (Vec<u8>, Result<(), RecordError>) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let spare = o.spare();
+        let n = spare.len().min(chunk.max(1)).min(bytes.len() - at);
+        spare[..n].copy_from_slice(&bytes[at..at + n]);
+        at += n;
+        let r = o.received(n);
+        let mut b = vec![0u8; o.available()];
+        let k = o.read(&mut b);
+        out.extend_from_slice(&b[..k]);
+        if r.is_err() {
+            return (out, r);
+        }
+    }
+    (out, Ok(()))
+}
+
+fn sealed(s: &mut Sealer, parts: &[&[u8]]) -> Vec<u8> {
+    let mut recs = Vec::new();
+    s.seal(parts, &mut recs).unwrap();
+    recs.concat()
+}
+
+#[test]
+fn records_are_framed_as_tls_1_3_application_data() {
+    let (mut s, _) = pair(cs::TLS13_AES_256_GCM_SHA384, 0);
+    let mut recs = Vec::new();
+    let data = vec![0x5a; 2 * MAX_FRAGMENT + 3];
+    s.seal(&[&data[..10], &data[10..]], &mut recs).unwrap();
+    // Cut at 16 KiB of plaintext, across the caller's slices.
+    let lens: Vec<usize> = recs.iter().map(|r| r.len()).collect();
+    let tag = 16;
+    assert_eq!(
+        lens,
+        [
+            HEADER + MAX_FRAGMENT + 1 + tag,
+            HEADER + MAX_FRAGMENT + 1 + tag,
+            HEADER + 3 + 1 + tag
+        ]
+    );
+    for r in &recs {
+        let body = (r.len() - HEADER) as u16;
+        assert_eq!(
+            r[..HEADER],
+            [0x17, 0x03, 0x03, (body >> 8) as u8, body as u8]
+        );
+    }
+    assert_eq!(s.seq(), 3);
+    // Nothing to seal: no record.
+    s.seal(&[&[]], &mut recs).unwrap();
+    assert_eq!(recs.len(), 3);
+}
+
+#[test]
+fn a_record_in_any_pieces_opens_to_its_plaintext() {
+    for s in [
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+    ] {
+        let (mut tx, mut rx) = pair(s, 0);
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 31 + 7) as u8).collect();
+        let bytes = sealed(&mut tx, &[&data]);
+        let (out, r) = feed(&mut rx, &bytes, 1000);
+        r.unwrap();
+        assert!(out == data);
+        assert_eq!(rx.available(), 0);
+        assert!(!rx.closed());
+    }
+}
+
+#[test]
+fn each_bad_record_is_its_error_and_the_opener_stays_failed() {
+    let s = cs::TLS13_AES_256_GCM_SHA384;
+    let check_after = |bytes: &[u8], want: &str, before: &[u8]| {
+        let (_, mut rx) = pair(s, 0);
+        let (out, r) = feed(&mut rx, bytes, bytes.len());
+        let e = r.expect_err(want).to_string();
+        assert!(e.contains(want), "{e} (wanted {want})");
+        assert_eq!(out, before, "{want}");
+        // Failed for good, whatever comes next.
+        assert_eq!(rx.received(0).unwrap_err().to_string(), e);
+    };
+    let check = |bytes: &[u8], want: &str| check_after(bytes, want, b"");
+    // A handshake record in the clear.
+    check(&[0x16, 3, 3, 0, 4, 1, 2, 3, 4], "type Handshake");
+    // Longer than TLS 1.3 allows: refused from its header alone, before waiting for it.
+    check(&[0x17, 3, 3, 0x41, 0x01], "16641 bytes");
+    // Too short to carry a tag.
+    check(&[0x17, 3, 3, 0, 3, 1, 2, 3], "cannot decrypt");
+    let (mut tx, _) = pair(s, 0);
+    let good = sealed(&mut tx, &[b"xe-vfio"]);
+    // One bit of the ciphertext, of the tag. (The legacy version is not authenticated, and
+    // is ignored as RFC 8446 says; a longer length waits for more.)
+    for at in [HEADER + 2, good.len() - 1] {
+        let mut bad = good.clone();
+        bad[at] ^= 1;
+        check(&bad, "cannot decrypt");
+    }
+    // A shorter length: the tag is not where it was.
+    let mut bad = good.clone();
+    bad[4] -= 1;
+    check(&bad, "cannot decrypt");
+    // A record replayed: the second has the wrong sequence number.
+    check_after(
+        &[good.clone(), good.clone()].concat(),
+        "cannot decrypt",
+        b"xe-vfio",
+    );
+    // A fatal alert from the peer, and a handshake message (a key update) after the handshake.
+    let (mut tx, _) = pair(s, 0);
+    let alert = tx.seal_as(ContentType::Alert, &[2, 48]).unwrap();
+    check(&alert, "received fatal alert: UnknownCA");
+    let (mut tx, _) = pair(s, 0);
+    let ku = tx
+        .seal_as(ContentType::Handshake, &[24, 0, 0, 1, 0])
+        .unwrap();
+    check(&ku, "a TLS Handshake message after the handshake");
+}
+
+#[test]
+fn close_notify_ends_the_plaintext_and_nothing_after_it_is_read() {
+    let (mut tx, mut rx) = pair(cs::TLS13_AES_256_GCM_SHA384, 0);
+    let mut bytes = sealed(&mut tx, &[b"before"]);
+    bytes.extend(tx.seal_as(ContentType::Alert, &[1, 0]).unwrap());
+    bytes.extend(sealed(&mut tx, &[b"after"]));
+    bytes.extend([0x16, 3, 3, 0, 0]);
+    let (out, r) = feed(&mut rx, &bytes, 7);
+    r.unwrap();
+    assert_eq!(out, b"before");
+    assert!(rx.closed());
+}
+
+#[test]
+fn empty_records_and_partial_records_give_nothing_yet() {
+    let (mut tx, mut rx) = pair(cs::TLS13_AES_256_GCM_SHA384, 0);
+    let empty = tx.seal_as(ContentType::ApplicationData, &[]).unwrap();
+    let data = sealed(&mut tx, &[b"0123456789"]);
+    let (out, r) = feed(&mut rx, &empty, 100);
+    r.unwrap();
+    assert!(out.is_empty());
+    let (out, r) = feed(&mut rx, &data[..data.len() - 1], 100);
+    r.unwrap();
+    assert!(out.is_empty(), "a partial record waits");
+    let (out, r) = feed(&mut rx, &data[data.len() - 1..], 100);
+    r.unwrap();
+    assert_eq!(out, b"0123456789");
+}
+
+#[test]
+fn the_sealer_stops_at_its_limit() {
+    let (mut tx, _) = pair(cs::TLS13_AES_256_GCM_SHA384, 0);
+    tx.set_limit(2);
+    let mut recs = Vec::new();
+    let e = tx.seal(&[&[0u8; 3 * MAX_FRAGMENT]], &mut recs).unwrap_err();
+    assert!(matches!(e, RecordError::KeyLimit(2)), "{e}");
+    assert_eq!(recs.len(), 2);
+}
+
+#[test]
+fn plaintext_left_unconsumed_moves_with_the_partial_record() {
+    // A buffer of two records: the third record only fits once the first two move.
+    let (mut tx, mut rx) = pair(cs::TLS13_AES_256_GCM_SHA384, 0);
+    let a = vec![1u8; MAX_FRAGMENT];
+    let b = vec![2u8; MAX_FRAGMENT];
+    let bytes = sealed(&mut tx, &[&a, &b, b"tail"]);
+    let mut at = 0;
+    let mut take = |rx: &mut Opener, n: usize| {
+        let spare = rx.spare();
+        let n = n.min(spare.len()).min(bytes.len() - at);
+        spare[..n].copy_from_slice(&bytes[at..at + n]);
+        at += n;
+        rx.received(n).unwrap();
+    };
+    take(&mut rx, MAX_RECORD + 10);
+    assert_eq!(rx.available(), MAX_FRAGMENT);
+    rx.consume(100);
+    take(&mut rx, usize::MAX);
+    take(&mut rx, usize::MAX);
+    let mut out = vec![0u8; rx.available()];
+    assert_eq!(rx.read(&mut out), MAX_FRAGMENT - 100 + MAX_FRAGMENT + 4);
+    assert!(out[..MAX_FRAGMENT - 100].iter().all(|&x| x == 1));
+    assert!(out[MAX_FRAGMENT - 100..out.len() - 4]
+        .iter()
+        .all(|&x| x == 2));
+    assert_eq!(&out[out.len() - 4..], b"tail");
+}
+
+/// Records sealed here are read by a rustls connection, and what rustls sends is opened
+/// here: the same protocol as rustls' own record layer, from the keys of a real handshake.
+#[test]
+fn interoperates_with_rustls_after_a_real_handshake() {
+    let ck = rcgen::generate_simple_self_signed(vec!["peer".to_string()]).unwrap();
+    let cert = ck.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut scfg = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    scfg.send_tls13_tickets = 0;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let mut ccfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    ccfg.enable_secret_extraction = true;
+    let mut client =
+        rustls::ClientConnection::new(Arc::new(ccfg), "peer".try_into().unwrap()).unwrap();
+    let mut server = rustls::ServerConnection::new(Arc::new(scfg)).unwrap();
+    // The handshake, in memory.
+    let pump = |from: &mut dyn FnMut(&mut Vec<u8>), to: &mut dyn FnMut(&[u8])| {
+        let mut b = Vec::new();
+        from(&mut b);
+        if !b.is_empty() {
+            to(&b);
+        }
+    };
+    while client.is_handshaking() || server.is_handshaking() || client.wants_write() {
+        pump(
+            &mut |b| {
+                while client.wants_write() {
+                    client.write_tls(b).unwrap();
+                }
+            },
+            &mut |b| {
+                server.read_tls(&mut &b[..]).unwrap();
+                server.process_new_packets().unwrap();
+            },
+        );
+        pump(
+            &mut |b| {
+                while server.wants_write() {
+                    server.write_tls(b).unwrap();
+                }
+            },
+            &mut |b| {
+                client.read_tls(&mut &b[..]).unwrap();
+                client.process_new_packets().unwrap();
+            },
+        );
+    }
+    let s = suite(client.negotiated_cipher_suite().unwrap());
+    let secrets = client.dangerous_extract_secrets().unwrap();
+    let (mut tx, mut rx) = split(s, secrets, 0).unwrap();
+    // Ours to rustls.
+    let data: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    let bytes = sealed(&mut tx, &[&data[..5], &data[5..]]);
+    let mut got = Vec::new();
+    for piece in bytes.chunks(3000) {
+        server.read_tls(&mut &piece[..]).unwrap();
+        server.process_new_packets().unwrap();
+        let _ = std::io::Read::read_to_end(&mut server.reader(), &mut got);
+    }
+    assert!(got == data);
+    // rustls' to ours.
+    server.set_buffer_limit(None);
+    std::io::Write::write_all(&mut server.writer(), &data).unwrap();
+    let mut bytes = Vec::new();
+    while server.wants_write() {
+        server.write_tls(&mut bytes).unwrap();
+    }
+    let (out, r) = feed(&mut rx, &bytes, 5000);
+    r.unwrap();
+    assert!(out == data);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Any pieces, sealed, and received in any chunks: the same bytes out.
+    #[test]
+    fn sealed_pieces_open_to_the_same_bytes(
+        sizes in proptest::collection::vec(0usize..40_000, 0..5),
+        chunk in 1usize..70_000,
+        capacity in 0usize..200_000,
+    ) {
+        let (mut tx, mut rx) = pair(cs::TLS13_CHACHA20_POLY1305_SHA256, capacity);
+        let data: Vec<u8> = (0..sizes.iter().sum::<usize>()).map(|i| (i * 7 + 3) as u8).collect();
+        let mut parts = Vec::new();
+        let mut at = 0;
+        for n in &sizes {
+            parts.push(&data[at..at + n]);
+            at += n;
+        }
+        let bytes = sealed(&mut tx, &parts);
+        let (out, r) = feed(&mut rx, &bytes, chunk);
+        prop_assert!(r.is_ok());
+        prop_assert!(out == data);
+    }
+
+    /// One byte changed anywhere: what comes out is still a prefix of what was sealed (no
+    /// forged plaintext), and an error says why it stopped — or, when the change made a
+    /// length longer, the opener still waits for the rest.
+    #[test]
+    fn a_changed_byte_never_yields_forged_plaintext(
+        at in any::<proptest::sample::Index>(),
+        bit in 0u8..8,
+        chunk in 1usize..20_000,
+    ) {
+        let (mut tx, mut rx) = pair(cs::TLS13_AES_256_GCM_SHA384, 0);
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+        let mut bytes = sealed(&mut tx, &[&data]);
+        let i = at.index(bytes.len());
+        bytes[i] ^= 1 << bit;
+        let (out, r) = feed(&mut rx, &bytes, chunk);
+        prop_assert!(data.starts_with(&out));
+        let full = HEADER + MAX_FRAGMENT + 1 + 16;
+        match (r.is_ok(), out.len() == data.len()) {
+            // The legacy version: ignored.
+            (true, true) => prop_assert!(matches!(i % full, 1 | 2), "byte {}", i),
+            // A record length made longer: the opener waits for the rest.
+            (true, false) => prop_assert!(matches!(i % full, 3 | 4), "byte {}", i),
+            (false, complete) => prop_assert!(!complete),
+        }
+    }
+
+    /// Arbitrary bytes from the network: never a panic, never plaintext.
+    #[test]
+    fn arbitrary_bytes_never_open(bytes in proptest::collection::vec(any::<u8>(), 0..3000), chunk in 1usize..500) {
+        let (_, mut rx) = pair(cs::TLS13_AES_256_GCM_SHA384, 0);
+        let (out, _) = feed(&mut rx, &bytes, chunk);
+        prop_assert!(out.is_empty());
+    }
+}

@@ -404,46 +404,72 @@ fn migrate_both_ways_in_every_behaviour() {
     }
 }
 
-/// Between hosts over plain TCP (loopback), where the destination's data is spliced into an
-/// xe-vfio server: this destination is not one, so each MIG_DATA_WRITE must still arrive whole
+/// Between hosts (loopback), over plain TCP — where the destination's data is spliced into an
+/// xe-vfio server — and over TLS — where it is written from the receive buffer: this
+/// destination is no xe-vfio server, so each MIG_DATA_WRITE must still arrive whole either way
 /// (libvfio-user reads a body with one `recv`).
 #[test]
 fn migrate_between_hosts_in_every_behaviour() {
+    let pki = tempfile::tempdir().unwrap();
+    let p = |f: &str| pki.path().join(f).display().to_string();
+    ok(&xe_vfio(&["certs", &p(""), "127.0.0.1", "source"]), "certs");
+    let tls = |h: &str| {
+        let (c, k, ca) = (p(&format!("{h}.pem")), p(&format!("{h}.key")), p("ca.pem"));
+        [
+            "--tls-cert".to_string(),
+            c,
+            "--tls-key".into(),
+            k,
+            "--tls-ca".into(),
+            ca,
+        ]
+    };
+    let (dst_tls, src_tls) = (tls("127.0.0.1"), tls("source"));
+    let insecure = ["--insecure".to_string()];
     for (name, b) in behaviours() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = Fake::start(dir.path(), "a.sock", 5, b);
-        let z = Fake::start(dir.path(), "z.sock", 6, b);
-        let before = a.mem();
-        let mut recv = std::process::Command::new(env!("CARGO_BIN_EXE_xe-vfio"))
-            .args([
-                "receive",
-                "--listen",
-                "127.0.0.1:0",
-                "--insecure",
-                "--to",
-                z.sock(),
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
+        for (dst_sec, src_sec) in [(&insecure[..], &insecure[..]), (&dst_tls[..], &src_tls[..])] {
+            let name = &format!(
+                "{name}, {}",
+                if dst_sec.len() > 1 { "TLS" } else { "plain" }
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let a = Fake::start(dir.path(), "a.sock", 5, b);
+            let z = Fake::start(dir.path(), "z.sock", 6, b);
+            let before = a.mem();
+            let mut recv = std::process::Command::new(env!("CARGO_BIN_EXE_xe-vfio"))
+                .args(["receive", "--listen", "127.0.0.1:0", "--to", z.sock()])
+                .args(dst_sec)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut ready = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(recv.stdout.as_mut().unwrap()),
+                &mut ready,
+            )
             .unwrap();
-        let mut ready = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(recv.stdout.as_mut().unwrap()),
-            &mut ready,
-        )
-        .unwrap();
-        let addr = ready
-            .strip_prefix("receive: ready on ")
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_else(|| panic!("{name}: {ready}"));
-        let url = format!("tcp://{addr}");
-        let out = xe_vfio(&["migrate", "--from", a.sock(), "--to", &url, "--insecure"]);
-        let got = recv.wait_with_output().unwrap();
-        ok(&out, name);
-        ok(&got, name);
-        assert_eq!(z.mem(), before, "{name}: byte for byte");
-        assert_eq!((a.state(), z.state()), (S::Stop, S::Running), "{name}");
+            let addr = ready
+                .strip_prefix("receive: ready on ")
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap_or_else(|| panic!("{name}: {ready}"));
+            let url = format!("tcp://{addr}");
+            let mut args = vec!["migrate", "--from", a.sock(), "--to", &url];
+            args.extend(src_sec.iter().map(String::as_str));
+            let out = xe_vfio(&args);
+            let got = recv.wait_with_output().unwrap();
+            ok(&out, name);
+            ok(&got, name);
+            let said = String::from_utf8_lossy(&out.stdout);
+            let want = if dst_sec.len() > 1 {
+                "over TLSv1_3"
+            } else {
+                "data spliced"
+            };
+            assert!(said.contains(want), "{name}: {said}");
+            assert_eq!(z.mem(), before, "{name}: byte for byte");
+            assert_eq!((a.state(), z.state()), (S::Stop, S::Running), "{name}");
+        }
     }
 }
 

@@ -326,8 +326,48 @@ fn write_lmem(h: &Host, vf: u32, data: &[u8]) {
 
 /// A source written by hand, over plain TCP: it offers one VF (`id`) to `r` and has been
 /// accepted.
-fn fake_source(net: &Net, r: &Receive, id: VfInfo) -> TcpStream {
-    let mut fake = net.connect(&r.addr);
+/// A connection to the destination, plain or TLS.
+trait Wire: std::io::Read + Write {}
+impl<T: std::io::Read + Write> Wire for T {}
+
+/// A stock rustls client with the source's certificate of [`security`]'s files in `dir`: its
+/// own record sizes, not ours.
+fn rustls_client(dir: &Path, tcp: TcpStream, host: &str) -> Box<dyn Wire> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(dir.join("site-ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let certs: Vec<_> = CertificateDer::pem_file_iter(dir.join("src.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("src.key")).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)
+    .unwrap();
+    let conn = rustls::ClientConnection::new(
+        std::sync::Arc::new(cfg),
+        host.to_string().try_into().unwrap(),
+    )
+    .unwrap();
+    Box::new(rustls::StreamOwned::new(conn, tcp))
+}
+
+/// A source written by hand, its HELLO sent and the ACCEPT read: over plain TCP, or (`tls`: the
+/// directory of [`security`]'s files) through a stock rustls client.
+fn fake_source(net: &Net, r: &Receive, id: VfInfo, tls: Option<&Path>) -> Box<dyn Wire> {
+    let tcp = net.connect(&r.addr);
+    let mut fake: Box<dyn Wire> = match tls {
+        Some(dir) => rustls_client(dir, tcp, net.dst_ip),
+        None => Box::new(tcp),
+    };
     let hello = Hello {
         version: mig_net::VERSION,
         flags: 0,
@@ -337,7 +377,7 @@ fn fake_source(net: &Net, r: &Receive, id: VfInfo) -> TcpStream {
     fake.write_all(&mig_net::frame(kind::HELLO, 0, &hello))
         .unwrap();
     let mut ack = [0u8; mig_net::HEADER_LEN];
-    std::io::Read::read_exact(&mut fake, &mut ack).unwrap();
+    fake.read_exact(&mut ack).unwrap();
     assert_eq!(Header::parse(&ack).unwrap().kind, kind::ACCEPT);
     fake
 }
@@ -666,7 +706,7 @@ fn a_second_peer_is_turned_away_and_a_dropped_peer_leaves_the_destination_reset(
     let net =
         Net::new("a_second_peer_is_turned_away_and_a_dropped_peer_leaves_the_destination_reset");
     let r = Receive::start(&net, &[&b.sockets[0]], &["--insecure"]);
-    let mut fake = fake_source(&net, &r, id);
+    let mut fake = fake_source(&net, &r, id, None);
 
     // A second source while this one runs: turned away, untouched.
     let out = net.run(&["migrate", "--from", &src, "--to", &r.url(), "--insecure"]);
@@ -805,32 +845,38 @@ fn a_stream_the_destination_vf_refuses_mid_splice_aborts_and_resets_it() {
         bar2: 8 * MIB,
     };
     let net = Net::new("a_stream_the_destination_vf_refuses_mid_splice_aborts_and_resets_it");
-    let r = Receive::start(&net, &[&b.sockets[0]], &["--insecure"]);
-    let mut fake = fake_source(&net, &r, id);
-    let mut h = [0u8; mig_net::HEADER_LEN];
-    // Four frames of what is no migration stream, and their END.
-    let junk = vec![0xa5u8; 256 << 10];
-    for _ in 0..4 {
-        fake.write_all(&mig_net::frame(kind::DATA, 0, &junk))
+    // Plain TCP (spliced into the VF), then TLS from a stock rustls client (its records, of
+    // its own sizes, opened and written into the VF from the receive buffer).
+    for tls in [false, true] {
+        let (dst_args, _) = security(dir.path(), tls);
+        let r = Receive::start(&net, &[&b.sockets[0]], &strs(&dst_args));
+        let mut fake = fake_source(&net, &r, id, tls.then_some(dir.path()));
+        let mut h = [0u8; mig_net::HEADER_LEN];
+        // Four frames of what is no migration stream, and their END.
+        let junk = vec![0xa5u8; 256 << 10];
+        for _ in 0..4 {
+            fake.write_all(&mig_net::frame(kind::DATA, 0, &junk))
+                .unwrap();
+        }
+        fake.write_all(&mig_net::frame(kind::END, 0, &(4u64 << 18).to_le_bytes()))
             .unwrap();
+        fake.flush().unwrap();
+        fake.read_exact(&mut h).unwrap();
+        let h = Header::parse(&h).unwrap();
+        assert_eq!(h.kind, kind::ERROR, "tls {tls}");
+        let mut p = vec![0u8; h.len as usize];
+        fake.read_exact(&mut p).unwrap();
+        let m = mig_net::ErrorMsg::parse(&p).unwrap();
+        assert!(m.errno != 0, "{m:?}");
+        assert!(
+            m.message.contains("writing migration data at byte 0"),
+            "{m:?}"
+        );
+        drop(fake);
+        let (ok, _, err) = r.finish();
+        assert!(!ok);
+        assert!(err.contains("writing migration data at byte 0"), "{err}");
+        assert!(err.contains("was reset and is RUNNING"), "{err}");
+        assert_eq!(state(&b.sockets[0]), DeviceState::Running);
     }
-    fake.write_all(&mig_net::frame(kind::END, 0, &(4u64 << 18).to_le_bytes()))
-        .unwrap();
-    std::io::Read::read_exact(&mut fake, &mut h).unwrap();
-    let h = Header::parse(&h).unwrap();
-    assert_eq!(h.kind, kind::ERROR);
-    let mut p = vec![0u8; h.len as usize];
-    std::io::Read::read_exact(&mut fake, &mut p).unwrap();
-    let m = mig_net::ErrorMsg::parse(&p).unwrap();
-    assert!(m.errno != 0, "{m:?}");
-    assert!(
-        m.message.contains("writing migration data at byte 0"),
-        "{m:?}"
-    );
-    drop(fake);
-    let (ok, _, err) = r.finish();
-    assert!(!ok);
-    assert!(err.contains("writing migration data at byte 0"), "{err}");
-    assert!(err.contains("was reset and is RUNNING"), "{err}");
-    assert_eq!(state(&b.sockets[0]), DeviceState::Running);
 }

@@ -13,9 +13,8 @@
 //! the sequence numbers and the buffer. No crate did this part: `ktls` hands the keys to the
 //! kernel's TLS, which not every kernel has.
 //!
-//! TLS 1.3 only. After the handshake only application data and alerts are taken: a
-//! handshake message (key update, session ticket) is an error, so the peer must send none
-//! (a rustls server: `send_tls13_tickets = 0`). A [`Sealer`] stops at its suite's
+//! TLS 1.3 only. After the handshake only application data, alerts and session tickets
+//! (skipped) are taken: any other handshake message (a key update) is an error. A [`Sealer`] stops at its suite's
 //! confidentiality limit (about 2^24.5 records for AES-GCM) instead of updating keys.
 //!
 //! Untrusted input: a record's length is checked before anything waits for it, nothing is
@@ -54,9 +53,7 @@ pub enum RecordError {
     Open(rustls::Error),
     #[error("received fatal alert: {0:?}")]
     Alert(AlertDescription),
-    #[error(
-        "a TLS {0:?} message after the handshake (key updates and session tickets are not taken)"
-    )]
+    #[error("a TLS {0:?} message after the handshake (key updates are not taken)")]
     Unexpected(ContentType),
     #[error("TLS record sequence numbers exhausted")]
     Exhausted,
@@ -278,6 +275,7 @@ impl Opener {
                         return Err(RecordError::Alert(desc));
                     }
                 }
+                ContentType::Handshake if only_tickets(&self.buf[plain]) => {}
                 t => return Err(RecordError::Unexpected(t)),
             }
         }
@@ -326,6 +324,25 @@ impl Opener {
     pub fn closed(&self) -> bool {
         self.closed
     }
+}
+
+/// Whether a handshake record holds whole NewSessionTicket messages and nothing else: those
+/// are skipped (a server sends them after the handshake unless told not to; resuming is
+/// never needed here). Anything else after the handshake — a key update above all — is an
+/// error.
+fn only_tickets(mut p: &[u8]) -> bool {
+    const NEW_SESSION_TICKET: u8 = 4;
+    if p.is_empty() {
+        return false;
+    }
+    while let [typ, a, b, c, rest @ ..] = p {
+        let len = usize::from(*a) << 16 | usize::from(*b) << 8 | usize::from(*c);
+        if *typ != NEW_SESSION_TICKET || len > rest.len() {
+            return false;
+        }
+        p = &rest[len..];
+    }
+    p.is_empty()
 }
 
 #[cfg(test)]

@@ -176,6 +176,31 @@ fn empty_records_and_partial_records_give_nothing_yet() {
 }
 
 #[test]
+fn session_tickets_are_skipped_and_nothing_else_of_the_handshake_is_taken() {
+    let ticket = |n: u8| [vec![4, 0, 0, n], vec![0xee; usize::from(n)]].concat();
+    let (mut tx, mut rx) = pair(cs::TLS13_AES_256_GCM_SHA384, 0);
+    let mut bytes = tx
+        .seal_as(ContentType::Handshake, &[ticket(9), ticket(0)].concat())
+        .unwrap();
+    bytes.extend(sealed(&mut tx, &[b"after the tickets"]));
+    let (out, r) = feed(&mut rx, &bytes, 10);
+    r.unwrap();
+    assert_eq!(out, b"after the tickets");
+    // A ticket and a key update in one record; a ticket cut short; an empty handshake record.
+    for bad in [
+        [ticket(3), vec![24, 0, 0, 1, 0]].concat(),
+        ticket(5)[..7].to_vec(),
+        vec![],
+    ] {
+        let (mut tx, mut rx) = pair(cs::TLS13_AES_256_GCM_SHA384, 0);
+        let bytes = tx.seal_as(ContentType::Handshake, &bad).unwrap();
+        let (_, r) = feed(&mut rx, &bytes, 10);
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("Handshake message after the handshake"), "{e}");
+    }
+}
+
+#[test]
 fn the_sealer_stops_at_its_limit() {
     let (mut tx, _) = pair(cs::TLS13_AES_256_GCM_SHA384, 0);
     tx.set_limit(2);

@@ -10,8 +10,8 @@
 //! error when its sending key has protected as many records as the cipher suite allows
 //! (for AES-GCM about 2^24.5 records of 16 KiB, some 370 GiB), rather than wear the key out.
 //! Nothing follows the handshake that rustls would have to see: the destination sends no
-//! session tickets, and each side reads the handshake one record at a time
-//! ([`RecordWise`]), so rustls never buffers a record that comes after it.
+//! session tickets (the opener would skip them), and each side reads the handshake one record
+//! at a time ([`RecordWise`]), so rustls never buffers a record that comes after it.
 
 use rustls::SupportedCipherSuite;
 use std::io::{self, IoSlice, Read, Write};

@@ -1,7 +1,8 @@
 //! Migration between hosts: `xe-vfio migrate --from DEV[,DEV…] --to tcp://HOST:PORT` on the
 //! source and `xe-vfio receive --listen ADDR:PORT --to DEV[,DEV…]` on the destination, speaking
-//! mig-net's protocol (docs/NETWORK.md) over one connection: TLS with x509 certificates checked
-//! both ways (rustls), or plain TCP only with `--insecure`.
+//! mig-net's protocol (docs/NETWORK.md) over one connection: TLS 1.3 with x509 certificates
+//! checked both ways (rustls' handshake, then our record path, [`tls`]), or plain TCP only with
+//! `--insecure`.
 //!
 //! A group of VFs moves as one: the destination checks every VF's identity before the source
 //! stops any; the source walks all of them to RUNNING_P2P before any goes on to STOP_COPY, and
@@ -12,8 +13,10 @@
 //!
 //! Over plain TCP between vfio-user VFs the data never enters this process: each reply's
 //! data is spliced from the VF's socket into the connection, and each frame's from the
-//! connection into the VF's socket ([`spliced`]). Through TLS it must (to be encrypted): a
-//! thread on each side overlaps the encryption with reading the VFs.
+//! connection into the VF's socket ([`spliced`]). Through TLS it must (to be encrypted and
+//! decrypted): the source's writer thread seals while this thread reads the VFs; the
+//! destination decrypts each record where it was received and writes it into its VF from
+//! there, in the same loop as the spliced path.
 
 mod spliced;
 mod tls;
@@ -237,7 +240,7 @@ fn send<W: Write + ?Sized>(w: &mut W, kind: u8, vf: u16, payload: &[u8]) -> io::
         vf,
         len: payload.len() as u32,
     };
-    // One write of both: one TLS record stream (rustls encrypts the slices as one), one
+    // One write of both: one run of TLS records (sealed from both slices as one), one
     // system call on plain TCP.
     let h = h.emit();
     let mut parts = [io::IoSlice::new(&h), io::IoSlice::new(payload)];

@@ -22,4 +22,4 @@ pub mod splice;
 pub use client::{Client, ClientError};
 pub use relay::{MigReads, Pacer, Relay, RelayError};
 pub use server::{Server, ServerOptions};
-pub use sock::tune as tune_socket;
+pub use sock::{send_all, tune as tune_socket};

@@ -18,6 +18,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::BorrowedFd;
 use tls_records::{Opener, Sealer, MAX_RECORD};
+use vfio_user::send_all;
 use vfio_user::splice::PassError;
 
 /// A record's header: type, legacy version, length.
@@ -157,28 +158,27 @@ impl TlsConn {
         head: &[u8],
         n: usize,
     ) -> Result<(), PassError> {
-        send_all(to, &mut [IoSlice::new(head)], true)
-            .map_err(|err| PassError::Destination { err, left: n })?;
+        // The head goes with the first piece.
+        let mut head = Some(head);
         let mut left = n;
-        while left > 0 {
-            if self.opener.available() == 0 {
+        while left > 0 || head.is_some() {
+            if left > 0 && self.opener.available() == 0 {
                 self.fill().map_err(PassError::Source)?;
                 if self.opener.available() == 0 {
                     return Err(PassError::Source(io::ErrorKind::UnexpectedEof.into()));
                 }
             }
             let mut take = 0;
-            let mut parts = Vec::new();
+            let mut parts: Vec<&[u8]> = head.take().into_iter().collect();
             for p in self.opener.plaintext() {
-                let k = p.len().min(left - take);
-                parts.push(IoSlice::new(&p[..k]));
-                take += k;
                 if take == left {
                     break;
                 }
+                let k = p.len().min(left - take);
+                parts.push(&p[..k]);
+                take += k;
             }
-            let more = take < left;
-            send_all(to, &mut parts, more).map_err(|err| PassError::Destination { err, left })?;
+            send_all(to, &parts, &[]).map_err(|err| PassError::Destination { err, left })?;
             self.opener.consume(take);
             left -= take;
         }
@@ -192,36 +192,9 @@ impl TlsConn {
         self.sealer
             .seal(data, &mut records)
             .map_err(io::Error::other)?;
-        let mut parts: Vec<IoSlice<'_>> = records.iter().map(|r| IoSlice::new(r)).collect();
-        let mut parts = &mut parts[..];
-        while !parts.is_empty() {
-            match self.tcp.write_vectored(parts) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => IoSlice::advance_slices(&mut parts, n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        let parts: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+        send_all(&self.tcp, &parts, &[])
     }
-}
-
-/// Sends every byte of `parts` on a socket (`MSG_MORE` when more follows soon).
-fn send_all(to: BorrowedFd<'_>, parts: &mut [IoSlice<'_>], more: bool) -> io::Result<()> {
-    let mut parts = parts;
-    let mut flags = rustix::net::SendFlags::NOSIGNAL;
-    if more {
-        flags |= rustix::net::SendFlags::MORE;
-    }
-    while !parts.is_empty() {
-        match rustix::net::sendmsg(to, parts, &mut Default::default(), flags) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut parts, n),
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }
 
 impl Read for TlsConn {
@@ -268,8 +241,7 @@ impl super::spliced::Bodies for TlsConn {
         }
         let mut b = vec![0u8; n];
         self.read_exact(&mut b).map_err(PassError::Source)?;
-        send_all(to, &mut [IoSlice::new(head), IoSlice::new(&b)], false)
-            .map_err(|err| PassError::Destination { err, left: 0 })
+        send_all(to, &[head, &b], &[]).map_err(|err| PassError::Destination { err, left: 0 })
     }
 }
 

@@ -127,6 +127,11 @@ fn tls_err(what: String) -> impl FnOnce(rustls::Error) -> CliError {
     move |e| CliError::new(what).cause(e)
 }
 
+/// A certificate and key that rustls refused.
+fn identity_err(f: &TlsFiles) -> impl FnOnce(rustls::Error) -> CliError {
+    tls_err(format!("{} and {}", f.cert.display(), f.key.display()))
+}
+
 /// TLS 1.3 only: after the handshake the records are protected by [`tls::TlsConn`].
 const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
@@ -136,11 +141,7 @@ fn client_config(f: &TlsFiles) -> Result<Arc<ClientConfig>, CliError> {
         .map_err(tls_err("TLS setup".into()))?
         .with_root_certificates(roots(&f.ca)?)
         .with_client_auth_cert(certs(&f.cert)?, key(&f.key)?)
-        .map_err(tls_err(format!(
-            "{} and {}",
-            f.cert.display(),
-            f.key.display()
-        )))?;
+        .map_err(identity_err(f))?;
     c.enable_secret_extraction = true;
     Ok(Arc::new(c))
 }
@@ -155,11 +156,7 @@ fn server_config(f: &TlsFiles) -> Result<Arc<ServerConfig>, CliError> {
         .map_err(tls_err("TLS setup".into()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs(&f.cert)?, key(&f.key)?)
-        .map_err(tls_err(format!(
-            "{} and {}",
-            f.cert.display(),
-            f.key.display()
-        )))?;
+        .map_err(identity_err(f))?;
     c.enable_secret_extraction = true;
     // Nothing after the handshake but our frames (see `tls`).
     c.send_tls13_tickets = 0;

@@ -218,65 +218,156 @@ impl Opener {
 
     /// `n` bytes were received into [`Opener::spare`]: opens every whole record.
     pub fn received(&mut self, n: usize) -> Result<(), RecordError> {
+        self.received_raw(n)?;
+        let r = self.open_records();
+        self.fail_on(r)
+    }
+
+    /// `n` bytes were received into [`Opener::spare`]: they wait, unopened, for
+    /// [`Opener::open_into`] (or the next [`Opener::received`], which opens them in place).
+    pub fn received_raw(&mut self, n: usize) -> Result<(), RecordError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
         self.raw.end += n.min(self.buf.len() - self.raw.end);
-        let r = self.open_records();
+        Ok(())
+    }
+
+    /// Opens whole records into `out`, their plaintext back to back from its start, and
+    /// returns how many bytes of plaintext it holds. A record is opened there only while its
+    /// whole ciphertext fits in what is left of `out` (it is decrypted where it is copied to;
+    /// [`MAX_CIPHERTEXT`] free bytes always take the next one); it stops there, at a partial
+    /// record, and after close_notify. Plaintext already opened in place and not consumed
+    /// comes first (copied, and consumed). An error comes once the plaintext of the records
+    /// before the bad one has been returned.
+    ///
+    /// For a caller that hands the plaintext on by reference (`vmsplice(2)`): `out` is its
+    /// own, so the opener's buffer can be reused at once while `out` stays untouched.
+    pub fn open_into(&mut self, out: &mut [u8]) -> Result<usize, RecordError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let mut at = self.read(out);
+        if at < out.len() && self.plain.is_empty() {
+            let r = self.open_records_into(out, &mut at);
+            // The plaintext of the records before a bad one is good: it comes out now, the
+            // error with the next call.
+            if self.fail_on(r).is_err() && at == 0 {
+                return Err(self.failed.clone().unwrap_or(RecordError::Keys("failed")));
+            }
+        }
+        Ok(at)
+    }
+
+    fn fail_on(&mut self, r: Result<(), RecordError>) -> Result<(), RecordError> {
         if let Err(e) = &r {
             self.failed = Some(e.clone());
         }
         r
     }
 
+    /// The next whole record's header, checked: its type and legacy version, and the range
+    /// of its body in the buffer. `None` for a partial record (or after close_notify).
+    fn next_record(&self) -> Result<Option<(u16, Range<usize>)>, RecordError> {
+        if self.raw.len() < HEADER || self.closed {
+            return Ok(None);
+        }
+        let at = self.raw.start;
+        let h = &self.buf[at..at + HEADER];
+        let (typ, version) = (ContentType::from(h[0]), u16::from_be_bytes([h[1], h[2]]));
+        let len = usize::from(u16::from_be_bytes([h[3], h[4]]));
+        if typ != ContentType::ApplicationData {
+            return Err(RecordError::Type(typ));
+        }
+        if len > MAX_CIPHERTEXT {
+            return Err(RecordError::Length(len));
+        }
+        if self.raw.len() < HEADER + len {
+            return Ok(None);
+        }
+        Ok(Some((version, at + HEADER..at + HEADER + len)))
+    }
+
+    /// Decrypts the record `body` (the whole of it: its own ciphertext) with the next
+    /// sequence number, in place: the type and the range of the plaintext within `body`.
+    fn decrypt(
+        &mut self,
+        version: u16,
+        body: &mut [u8],
+    ) -> Result<(ContentType, Range<usize>), RecordError> {
+        let seq = self.seq;
+        self.seq = seq.checked_add(1).ok_or(RecordError::Exhausted)?;
+        let base = body.as_ptr() as usize;
+        let len = body.len();
+        let msg = InboundOpaqueMessage::new(
+            ContentType::ApplicationData,
+            ProtocolVersion::from(version),
+            body,
+        );
+        let m = self.dec.decrypt(msg, seq).map_err(RecordError::Open)?;
+        // Decrypted in place: the plaintext lies within the record's body.
+        let start = (m.payload.as_ptr() as usize).wrapping_sub(base);
+        let plain = start..start.saturating_add(m.payload.len());
+        if plain.end > len {
+            return Err(RecordError::Keys(
+                "the decrypter did not open the record in place",
+            ));
+        }
+        Ok((m.typ, plain))
+    }
+
+    /// What a record of type `typ` with plaintext `p` means: `Ok(true)` application data (to
+    /// keep), `Ok(false)` nothing to keep (an empty record, session tickets, close_notify).
+    fn take(&mut self, typ: ContentType, p: &[u8]) -> Result<bool, RecordError> {
+        match typ {
+            ContentType::ApplicationData => Ok(!p.is_empty()),
+            ContentType::Alert => {
+                let desc = AlertDescription::from(p.get(1).copied().unwrap_or(255));
+                if p.len() == 2 && desc == AlertDescription::CloseNotify {
+                    self.closed = true;
+                    Ok(false)
+                } else {
+                    Err(RecordError::Alert(desc))
+                }
+            }
+            ContentType::Handshake if only_tickets(p) => Ok(false),
+            t => Err(RecordError::Unexpected(t)),
+        }
+    }
+
     fn open_records(&mut self) -> Result<(), RecordError> {
-        while self.raw.len() >= HEADER && !self.closed {
-            let at = self.raw.start;
-            let h = &self.buf[at..at + HEADER];
-            let (typ, version) = (ContentType::from(h[0]), u16::from_be_bytes([h[1], h[2]]));
-            let len = usize::from(u16::from_be_bytes([h[3], h[4]]));
-            if typ != ContentType::ApplicationData {
-                return Err(RecordError::Type(typ));
-            }
-            if len > MAX_CIPHERTEXT {
-                return Err(RecordError::Length(len));
-            }
-            if self.raw.len() < HEADER + len {
-                break;
-            }
-            let body = at + HEADER..at + HEADER + len;
+        while let Some((version, body)) = self.next_record()? {
             self.raw.start = body.end;
-            let seq = self.seq;
-            self.seq = seq.checked_add(1).ok_or(RecordError::Exhausted)?;
-            let base = self.buf.as_ptr() as usize;
-            let msg = InboundOpaqueMessage::new(
-                ContentType::ApplicationData,
-                ProtocolVersion::from(version),
-                &mut self.buf[body.clone()],
-            );
-            let m = self.dec.decrypt(msg, seq).map_err(RecordError::Open)?;
-            // Decrypted in place: the plaintext lies within the record's body.
-            let start = (m.payload.as_ptr() as usize).wrapping_sub(base);
-            let (typ, plain) = (m.typ, start..start.saturating_add(m.payload.len()));
-            if plain.start < body.start || plain.end > body.end {
+            let mut buf = std::mem::take(&mut self.buf);
+            let r = self.decrypt(version, &mut buf[body.clone()]);
+            let r = r.and_then(|(typ, p)| {
+                let plain = body.start + p.start..body.start + p.end;
+                Ok((self.take(typ, &buf[plain.clone()])?, plain))
+            });
+            self.buf = buf;
+            if let (true, plain) = r? {
+                self.plain.push_back(plain);
+            }
+        }
+        Ok(())
+    }
+
+    fn open_records_into(&mut self, out: &mut [u8], at: &mut usize) -> Result<(), RecordError> {
+        while let Some((version, body)) = self.next_record()? {
+            let to = *at..*at + body.len();
+            if to.end > out.len() {
+                return Ok(());
+            }
+            self.raw.start = body.end;
+            out[to.clone()].copy_from_slice(&self.buf[body]);
+            let (typ, p) = self.decrypt(version, &mut out[to.clone()])?;
+            if p.start != 0 {
                 return Err(RecordError::Keys(
-                    "the decrypter did not open the record in place",
+                    "the decrypter did not open the record at its start",
                 ));
             }
-            match typ {
-                ContentType::ApplicationData if plain.start == plain.end => {}
-                ContentType::ApplicationData => self.plain.push_back(plain),
-                ContentType::Alert => {
-                    let p = &self.buf[plain];
-                    let desc = AlertDescription::from(p.get(1).copied().unwrap_or(255));
-                    if p.len() == 2 && desc == AlertDescription::CloseNotify {
-                        self.closed = true;
-                    } else {
-                        return Err(RecordError::Alert(desc));
-                    }
-                }
-                ContentType::Handshake if only_tickets(&self.buf[plain]) => {}
-                t => return Err(RecordError::Unexpected(t)),
+            if self.take(typ, &out[to.start..to.start + p.end])? {
+                *at += p.end;
             }
         }
         Ok(())

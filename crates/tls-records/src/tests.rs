@@ -44,6 +44,37 @@ fn feed(o: &mut Opener, bytes: &[u8], chunk: usize) -> (Vec<u8>, Result<(), Reco
     (out, Ok(()))
 }
 
+/// As [`feed`], but the plaintext is opened into buffers of this test's (of `MAX_CIPHERTEXT`
+/// bytes: the least that always takes the next record).
+fn feed_into(o: &mut Opener, bytes: &[u8], chunk: usize) -> (Vec<u8>, Result<(), RecordError>) {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; MAX_CIPHERTEXT];
+    let mut at = 0;
+    while at < bytes.len() {
+        let spare = o.spare();
+        let n = spare.len().min(chunk.max(1)).min(bytes.len() - at);
+        spare[..n].copy_from_slice(&bytes[at..at + n]);
+        at += n;
+        if let Err(e) = o.received_raw(n) {
+            return (out, Err(e));
+        }
+        loop {
+            match o.open_into(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => out.extend_from_slice(&buf[..k]),
+                Err(e) => return (out, Err(e)),
+            }
+        }
+        assert_eq!(o.available(), 0, "nothing is opened in place");
+    }
+    (out, Ok(()))
+}
+
+type Feed = fn(&mut Opener, &[u8], usize) -> (Vec<u8>, Result<(), RecordError>);
+
+/// Both ways to take the plaintext: opened in place, and into the caller's buffers.
+const FEEDS: [(&str, Feed); 2] = [("in place", feed), ("into", feed_into)];
+
 fn sealed(s: &mut Sealer, parts: &[&[u8]]) -> Vec<u8> {
     let mut recs = Vec::new();
     s.seal(parts, &mut recs).unwrap();
@@ -86,14 +117,16 @@ fn a_record_in_any_pieces_opens_to_its_plaintext() {
         cs::TLS13_AES_256_GCM_SHA384,
         cs::TLS13_CHACHA20_POLY1305_SHA256,
     ] {
-        let (mut tx, mut rx) = pair(s, 0);
-        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 31 + 7) as u8).collect();
-        let bytes = sealed(&mut tx, &[&data]);
-        let (out, r) = feed(&mut rx, &bytes, 1000);
-        r.unwrap();
-        assert!(out == data);
-        assert_eq!(rx.available(), 0);
-        assert!(!rx.closed());
+        for (how, feed) in FEEDS {
+            let (mut tx, mut rx) = pair(s, 0);
+            let data: Vec<u8> = (0..100_000u32).map(|i| (i * 31 + 7) as u8).collect();
+            let bytes = sealed(&mut tx, &[&data]);
+            let (out, r) = feed(&mut rx, &bytes, 1000);
+            r.unwrap();
+            assert!(out == data, "{how}");
+            assert_eq!(rx.available(), 0);
+            assert!(!rx.closed());
+        }
     }
 }
 
@@ -101,13 +134,21 @@ fn a_record_in_any_pieces_opens_to_its_plaintext() {
 fn each_bad_record_is_its_error_and_the_opener_stays_failed() {
     let s = cs::TLS13_AES_256_GCM_SHA384;
     let check_after = |bytes: &[u8], want: &str, before: &[u8]| {
-        let (_, mut rx) = pair(s, 0);
-        let (out, r) = feed(&mut rx, bytes, bytes.len());
-        let e = r.expect_err(want).to_string();
-        assert!(e.contains(want), "{e} (wanted {want})");
-        assert_eq!(out, before, "{want}");
-        // Failed for good, whatever comes next.
-        assert_eq!(rx.received(0).unwrap_err().to_string(), e);
+        for (how, feed) in FEEDS {
+            let (_, mut rx) = pair(s, 0);
+            let (out, r) = feed(&mut rx, bytes, bytes.len());
+            let e = r.expect_err(want).to_string();
+            assert!(e.contains(want), "{e} (wanted {want}, {how})");
+            assert_eq!(out, before, "{want}, {how}");
+            // Failed for good, whatever comes next.
+            assert_eq!(rx.received(0).unwrap_err().to_string(), e);
+            assert_eq!(
+                rx.open_into(&mut [0; MAX_CIPHERTEXT])
+                    .unwrap_err()
+                    .to_string(),
+                e
+            );
+        }
     };
     let check = |bytes: &[u8], want: &str| check_after(bytes, want, b"");
     // A handshake record in the clear.
@@ -148,15 +189,17 @@ fn each_bad_record_is_its_error_and_the_opener_stays_failed() {
 
 #[test]
 fn close_notify_ends_the_plaintext_and_nothing_after_it_is_read() {
-    let (mut tx, mut rx) = pair(cs::TLS13_AES_256_GCM_SHA384, 0);
-    let mut bytes = sealed(&mut tx, &[b"before"]);
-    bytes.extend(tx.seal_as(ContentType::Alert, &[1, 0]).unwrap());
-    bytes.extend(sealed(&mut tx, &[b"after"]));
-    bytes.extend([0x16, 3, 3, 0, 0]);
-    let (out, r) = feed(&mut rx, &bytes, 7);
-    r.unwrap();
-    assert_eq!(out, b"before");
-    assert!(rx.closed());
+    for (how, feed) in FEEDS {
+        let (mut tx, mut rx) = pair(cs::TLS13_AES_256_GCM_SHA384, 0);
+        let mut bytes = sealed(&mut tx, &[b"before"]);
+        bytes.extend(tx.seal_as(ContentType::Alert, &[1, 0]).unwrap());
+        bytes.extend(sealed(&mut tx, &[b"after"]));
+        bytes.extend([0x16, 3, 3, 0, 0]);
+        let (out, r) = feed(&mut rx, &bytes, 7);
+        r.unwrap();
+        assert_eq!(out, b"before", "{how}");
+        assert!(rx.closed());
+    }
 }
 
 #[test]
@@ -178,14 +221,17 @@ fn empty_records_and_partial_records_give_nothing_yet() {
 #[test]
 fn session_tickets_are_skipped_and_nothing_else_of_the_handshake_is_taken() {
     let ticket = |n: u8| [vec![4, 0, 0, n], vec![0xee; usize::from(n)]].concat();
-    let (mut tx, mut rx) = pair(cs::TLS13_AES_256_GCM_SHA384, 0);
-    let mut bytes = tx
-        .seal_as(ContentType::Handshake, &[ticket(9), ticket(0)].concat())
-        .unwrap();
-    bytes.extend(sealed(&mut tx, &[b"after the tickets"]));
-    let (out, r) = feed(&mut rx, &bytes, 10);
-    r.unwrap();
-    assert_eq!(out, b"after the tickets");
+    for (how, feed) in FEEDS {
+        let (mut tx, mut rx) = pair(cs::TLS13_AES_256_GCM_SHA384, 0);
+        let mut bytes = tx
+            .seal_as(ContentType::Handshake, &[ticket(9), ticket(0)].concat())
+            .unwrap();
+        bytes.extend(tx.seal_as(ContentType::ApplicationData, &[]).unwrap());
+        bytes.extend(sealed(&mut tx, &[b"after the tickets"]));
+        let (out, r) = feed(&mut rx, &bytes, 10);
+        r.unwrap();
+        assert_eq!(out, b"after the tickets", "{how}");
+    }
     // A ticket and a key update in one record; a ticket cut short; an empty handshake record.
     for bad in [
         [ticket(3), vec![24, 0, 0, 1, 0]].concat(),
@@ -237,6 +283,42 @@ fn plaintext_left_unconsumed_moves_with_the_partial_record() {
         .iter()
         .all(|&x| x == 2));
     assert_eq!(&out[out.len() - 4..], b"tail");
+}
+
+#[test]
+fn into_the_callers_buffer_records_that_fit_and_plaintext_opened_in_place_first() {
+    let (mut tx, mut rx) = pair(cs::TLS13_AES_256_GCM_SHA384, 0);
+    let a: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+    let b = vec![0xbbu8; 3000];
+    let c = b"the third".to_vec();
+    let mut bytes = sealed(&mut tx, &[&a]);
+    bytes.extend(sealed(&mut tx, &[&b]));
+    let first = bytes.len();
+    bytes.extend(sealed(&mut tx, &[&c]));
+    // The first two records opened in place; 100 bytes of the first consumed.
+    rx.spare()[..first].copy_from_slice(&bytes[..first]);
+    rx.received(first).unwrap();
+    rx.consume(100);
+    // The third waits, unopened, while the plaintext opened in place is copied out first.
+    rx.spare()[..bytes.len() - first].copy_from_slice(&bytes[first..]);
+    rx.received_raw(bytes.len() - first).unwrap();
+    assert_eq!(rx.available(), 900 + 3000);
+    let mut out = vec![0u8; 5000];
+    assert_eq!(rx.open_into(&mut out[..1000]).unwrap(), 1000);
+    assert_eq!(out[..900], a[100..]);
+    assert!(out[900..1000].iter().all(|&x| x == 0xbb));
+    // The rest of the in-place plaintext, then the third record — only once its whole
+    // ciphertext (9 bytes, its type, a 16-byte tag) fits after it.
+    let left = 2900;
+    assert_eq!(rx.open_into(&mut out[..left + 25]).unwrap(), left);
+    assert_eq!(
+        rx.open_into(&mut out[..25]).unwrap(),
+        0,
+        "26 bytes of ciphertext"
+    );
+    assert_eq!(rx.open_into(&mut out[..26]).unwrap(), 9);
+    assert_eq!(out[..9], c[..]);
+    assert_eq!(rx.open_into(&mut out).unwrap(), 0);
 }
 
 /// Records sealed here are read by a rustls connection, and what rustls sends is opened
@@ -336,6 +418,7 @@ proptest! {
         sizes in proptest::collection::vec(0usize..40_000, 0..5),
         chunk in 1usize..70_000,
         capacity in 0usize..200_000,
+        into in any::<bool>(),
     ) {
         let (mut tx, mut rx) = pair(cs::TLS13_CHACHA20_POLY1305_SHA256, capacity);
         let data: Vec<u8> = (0..sizes.iter().sum::<usize>()).map(|i| (i * 7 + 3) as u8).collect();
@@ -346,7 +429,7 @@ proptest! {
             at += n;
         }
         let bytes = sealed(&mut tx, &parts);
-        let (out, r) = feed(&mut rx, &bytes, chunk);
+        let (out, r) = FEEDS[into as usize].1(&mut rx, &bytes, chunk);
         prop_assert!(r.is_ok());
         prop_assert!(out == data);
     }
@@ -359,13 +442,14 @@ proptest! {
         at in any::<proptest::sample::Index>(),
         bit in 0u8..8,
         chunk in 1usize..20_000,
+        into in any::<bool>(),
     ) {
         let (mut tx, mut rx) = pair(cs::TLS13_AES_256_GCM_SHA384, 0);
         let data: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
         let mut bytes = sealed(&mut tx, &[&data]);
         let i = at.index(bytes.len());
         bytes[i] ^= 1 << bit;
-        let (out, r) = feed(&mut rx, &bytes, chunk);
+        let (out, r) = FEEDS[into as usize].1(&mut rx, &bytes, chunk);
         prop_assert!(data.starts_with(&out));
         let full = HEADER + MAX_FRAGMENT + 1 + 16;
         match (r.is_ok(), out.len() == data.len()) {
@@ -379,9 +463,9 @@ proptest! {
 
     /// Arbitrary bytes from the network: never a panic, never plaintext.
     #[test]
-    fn arbitrary_bytes_never_open(bytes in proptest::collection::vec(any::<u8>(), 0..3000), chunk in 1usize..500) {
+    fn arbitrary_bytes_never_open(bytes in proptest::collection::vec(any::<u8>(), 0..3000), chunk in 1usize..500, into in any::<bool>()) {
         let (_, mut rx) = pair(cs::TLS13_AES_256_GCM_SHA384, 0);
-        let (out, _) = feed(&mut rx, &bytes, chunk);
+        let (out, _) = FEEDS[into as usize].1(&mut rx, &bytes, chunk);
         prop_assert!(out.is_empty());
     }
 }

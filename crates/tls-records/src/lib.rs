@@ -94,6 +94,11 @@ pub fn split(
 /// Protects what this side sends.
 pub struct Sealer {
     enc: Box<dyn MessageEncrypter>,
+    /// The same key, for sealing from the caller's slices straight into its buffer
+    /// ([`Sealer::seal_into`]); `None` for a suite [`Aead`] does not know.
+    aead: Option<Aead>,
+    /// A record's plaintext gathered from several of the caller's slices.
+    gather: Vec<u8>,
     seq: u64,
     limit: u64,
 }
@@ -102,10 +107,70 @@ impl Sealer {
     /// A sealer with `key` and `iv` of `suite`, whose next record is number `seq`.
     pub fn new(suite: &Tls13CipherSuite, key: AeadKey, iv: Iv, seq: u64) -> Sealer {
         Sealer {
+            aead: Aead::new(suite, &key, &iv),
             enc: suite.aead_alg.encrypter(key, iv),
+            gather: Vec::new(),
             seq,
             limit: suite.common.confidentiality_limit,
         }
+    }
+
+    /// Protects the concatenation of `data` as [`Sealer::seal`] does, the records written
+    /// back to back into `out` — which must hold [`sealed_len`] of the plaintext's length —
+    /// and returns how many bytes they take. Each record is encrypted from the caller's slice
+    /// straight into `out` (a record whose plaintext spans two slices is gathered first):
+    /// no allocation, no copy beyond the encryption's.
+    pub fn seal_into(&mut self, data: &[&[u8]], out: &mut [u8]) -> Result<usize, RecordError> {
+        let total: usize = data.iter().map(|d| d.len()).sum();
+        if out.len() < sealed_len(total) {
+            return Err(RecordError::Keys(
+                "the buffer for sealed records is too small",
+            ));
+        }
+        let Some(aead) = &self.aead else {
+            // A suite only rustls knows: its records, copied.
+            let mut recs = Vec::new();
+            self.seal(data, &mut recs)?;
+            let mut at = 0;
+            for r in recs {
+                out[at..at + r.len()].copy_from_slice(&r);
+                at += r.len();
+            }
+            return Ok(at);
+        };
+        let (mut at, mut left) = (0, total);
+        // The next plaintext byte: slice `si`, offset `off`.
+        let (mut si, mut off) = (0, 0);
+        while left > 0 {
+            if self.seq >= self.limit {
+                return Err(RecordError::KeyLimit(self.seq));
+            }
+            let n = left.min(MAX_FRAGMENT);
+            while data[si].len() == off {
+                (si, off) = (si + 1, 0);
+            }
+            let plain = if data[si].len() - off >= n {
+                off += n;
+                &data[si][off - n..off]
+            } else {
+                self.gather.clear();
+                while self.gather.len() < n {
+                    let k = (data[si].len() - off).min(n - self.gather.len());
+                    self.gather.extend_from_slice(&data[si][off..off + k]);
+                    off += k;
+                    if off == data[si].len() && self.gather.len() < n {
+                        (si, off) = (si + 1, 0);
+                    }
+                }
+                &self.gather[..]
+            };
+            let rec = &mut out[at..at + HEADER + n + 1 + TAG];
+            aead.seal(self.seq, plain, ContentType::ApplicationData, rec)?;
+            self.seq += 1;
+            at += rec.len();
+            left -= n;
+        }
+        Ok(at)
     }
 
     /// Protects the concatenation of `data` as application data records of at most
@@ -166,6 +231,9 @@ impl Sealer {
 /// partial record waits for the rest. Consuming the plaintext makes room.
 pub struct Opener {
     dec: Box<dyn MessageDecrypter>,
+    /// The same key, for decrypting from this buffer into the caller's ([`Aead`]); `None`
+    /// for a suite it does not know (records are then copied there and opened in place).
+    aead: Option<Aead>,
     seq: u64,
     buf: Vec<u8>,
     /// The plaintext not yet consumed, in order.
@@ -189,6 +257,7 @@ impl Opener {
         capacity: usize,
     ) -> Opener {
         Opener {
+            aead: Aead::new(suite, &key, &iv),
             dec: suite.aead_alg.decrypter(key, iv),
             seq,
             buf: vec![0; capacity.max(2 * MAX_RECORD)],
@@ -235,9 +304,9 @@ impl Opener {
 
     /// Opens whole records into `out`, their plaintext back to back from its start, and
     /// returns how many bytes of plaintext it holds. A record is opened there only while its
-    /// whole ciphertext fits in what is left of `out` (it is decrypted where it is copied to;
-    /// [`MAX_CIPHERTEXT`] free bytes always take the next one); it stops there, at a partial
-    /// record, and after close_notify. Plaintext already opened in place and not consumed
+    /// ciphertext less the tag fits in what is left of `out` (it is decrypted there, from the
+    /// opener's buffer; [`MAX_CIPHERTEXT`] free bytes always take the next one); it stops
+    /// there, at a partial record, and after close_notify. Plaintext already opened in place and not consumed
     /// comes first (copied, and consumed). An error comes once the plaintext of the records
     /// before the bad one has been returned.
     ///
@@ -354,13 +423,28 @@ impl Opener {
 
     fn open_records_into(&mut self, out: &mut [u8], at: &mut usize) -> Result<(), RecordError> {
         while let Some((version, body)) = self.next_record()? {
-            let to = *at..*at + body.len();
+            // Decrypted apart, the ciphertext less its tag (the plaintext, its type and
+            // padding) must fit; copied and opened in place, the tag too.
+            let need = match self.aead {
+                Some(_) => body.len().saturating_sub(TAG),
+                None => body.len(),
+            };
+            let to = *at..*at + need;
             if to.end > out.len() {
                 return Ok(());
             }
             self.raw.start = body.end;
-            out[to.clone()].copy_from_slice(&self.buf[body]);
-            let (typ, p) = self.decrypt(version, &mut out[to.clone()])?;
+            let (typ, p) = match &self.aead {
+                Some(k) => {
+                    let seq = self.seq;
+                    self.seq = seq.checked_add(1).ok_or(RecordError::Exhausted)?;
+                    k.open(seq, &self.buf[body], &mut out[to.clone()])?
+                }
+                None => {
+                    out[to.clone()].copy_from_slice(&self.buf[body]);
+                    self.decrypt(version, &mut out[to.clone()])?
+                }
+            };
             if p.start != 0 {
                 return Err(RecordError::Keys(
                     "the decrypter did not open the record at its start",
@@ -414,6 +498,116 @@ impl Opener {
     /// The peer closed the connection cleanly (close_notify).
     pub fn closed(&self) -> bool {
         self.closed
+    }
+}
+
+/// Every TLS 1.3 AEAD's tag.
+const TAG: usize = 16;
+
+/// How many bytes [`Sealer::seal_into`] needs for `plaintext` bytes: each record of at most
+/// [`MAX_FRAGMENT`] bytes adds its header, its content type and the tag.
+pub fn sealed_len(plaintext: usize) -> usize {
+    plaintext + plaintext.div_ceil(MAX_FRAGMENT) * (HEADER + 1 + TAG)
+}
+
+/// A record's AEAD from one buffer into another. rustls' record protection only opens in
+/// place and seals into buffers it allocates; this is the same aws-lc-rs AEAD (rustls'
+/// provider here) with the same key, and the TLS 1.3 record layer around it written out
+/// (RFC 8446 §5.2–5.4, as rustls does it): the nonce is the IV xor the record's sequence
+/// number, the additional data the record's header with the legacy version 0x0303 (the
+/// version received is ignored), the plaintext ends with its content type (no padding is
+/// sent; padding received is taken off). The tests hold both ways to rustls' records.
+struct Aead {
+    key: aws_lc_rs::aead::LessSafeKey,
+    iv: [u8; 12],
+}
+
+impl Aead {
+    fn new(suite: &Tls13CipherSuite, key: &AeadKey, iv: &Iv) -> Option<Aead> {
+        use aws_lc_rs::aead;
+        use rustls::CipherSuite as C;
+        let alg = match suite.common.suite {
+            C::TLS13_AES_128_GCM_SHA256 => &aead::AES_128_GCM,
+            C::TLS13_AES_256_GCM_SHA384 => &aead::AES_256_GCM,
+            C::TLS13_CHACHA20_POLY1305_SHA256 => &aead::CHACHA20_POLY1305,
+            _ => return None,
+        };
+        let key = aead::UnboundKey::new(alg, key.as_ref()).ok()?;
+        Some(Aead {
+            key: aead::LessSafeKey::new(key),
+            iv: iv.as_ref().try_into().ok()?,
+        })
+    }
+
+    fn nonce(&self, seq: u64) -> aws_lc_rs::aead::Nonce {
+        let mut nonce = self.iv;
+        for (n, s) in nonce[4..].iter_mut().zip(seq.to_be_bytes()) {
+            *n ^= s;
+        }
+        aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce)
+    }
+
+    /// A record's header, which is also its additional data: `len` bytes of ciphertext.
+    fn header(len: usize) -> [u8; HEADER] {
+        let len = (len as u16).to_be_bytes();
+        [u8::from(ContentType::ApplicationData), 3, 3, len[0], len[1]]
+    }
+
+    /// Seals `plain` of type `typ` as record `seq` into `rec` (exactly its size: header,
+    /// ciphertext, type, tag).
+    fn seal(
+        &self,
+        seq: u64,
+        plain: &[u8],
+        typ: ContentType,
+        rec: &mut [u8],
+    ) -> Result<(), RecordError> {
+        let header = Aead::header(rec.len() - HEADER);
+        let (head, body) = rec.split_at_mut(HEADER);
+        head.copy_from_slice(&header);
+        let (ct, extra_and_tag) = body.split_at_mut(plain.len());
+        self.key
+            .seal_out_of_place_scatter(
+                self.nonce(seq),
+                aws_lc_rs::aead::Aad::from(header),
+                plain,
+                ct,
+                &[u8::from(typ)],
+                extra_and_tag,
+            )
+            .map_err(|_| RecordError::Keys("sealing a record failed"))
+    }
+
+    /// Opens record `seq`'s `body` (ciphertext and tag) into `out` (as long as the body less
+    /// its tag): its type and where its plaintext lies in `out`.
+    fn open(
+        &self,
+        seq: u64,
+        body: &[u8],
+        out: &mut [u8],
+    ) -> Result<(ContentType, Range<usize>), RecordError> {
+        let undecryptable = || RecordError::Open(rustls::Error::DecryptError);
+        let Some(split) = body.len().checked_sub(TAG) else {
+            return Err(undecryptable());
+        };
+        self.key
+            .open_separate_gather(
+                self.nonce(seq),
+                aws_lc_rs::aead::Aad::from(Aead::header(body.len())),
+                &body[..split],
+                &body[split..],
+                &mut out[..split],
+            )
+            .map_err(|_| undecryptable())?;
+        // The content type is the last byte that is not zero padding.
+        let Some(end) = out[..split].iter().rposition(|&b| b != 0) else {
+            let e = rustls::PeerMisbehaved::IllegalTlsInnerPlaintext;
+            return Err(RecordError::Open(rustls::Error::PeerMisbehaved(e)));
+        };
+        if end > MAX_FRAGMENT {
+            return Err(RecordError::Open(rustls::Error::PeerSentOversizedRecord));
+        }
+        Ok((ContentType::from(out[end]), 0..end))
     }
 }
 

@@ -254,6 +254,61 @@ fn the_sealer_stops_at_its_limit() {
     let e = tx.seal(&[&[0u8; 3 * MAX_FRAGMENT]], &mut recs).unwrap_err();
     assert!(matches!(e, RecordError::KeyLimit(2)), "{e}");
     assert_eq!(recs.len(), 2);
+    let (mut tx, _) = pair(cs::TLS13_AES_256_GCM_SHA384, 0);
+    tx.set_limit(2);
+    let mut out = vec![0u8; sealed_len(3 * MAX_FRAGMENT)];
+    let e = tx
+        .seal_into(&[&[0u8; 3 * MAX_FRAGMENT]], &mut out)
+        .unwrap_err();
+    assert!(matches!(e, RecordError::KeyLimit(2)), "{e}");
+    assert_eq!(tx.seq(), 2);
+}
+
+/// Sealed into the caller's buffer, the records are rustls' records byte for byte (the same
+/// key and sequence numbers give the same ciphertext), for every suite, wherever the caller's
+/// slices cut the plaintext.
+#[test]
+fn sealed_into_a_buffer_the_records_are_rustls_records() {
+    let data: Vec<u8> = (0..3 * MAX_FRAGMENT as u32 + 77)
+        .map(|i| (i * 5 + 1) as u8)
+        .collect();
+    // (Fixed 32-byte keys; AES-128-GCM is held to rustls in the handshake test below.)
+    for s in [
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+    ] {
+        let s = suite(s);
+        let key = || AeadKey::from([7u8; 32]);
+        let iv = || Iv::from([9u8; 12]);
+        for cuts in [
+            vec![],
+            vec![12],
+            vec![0, 0, MAX_FRAGMENT],
+            vec![1, 2, 3, 40_000],
+        ] {
+            let mut parts: Vec<&[u8]> = Vec::new();
+            let mut at = 0;
+            for c in cuts {
+                parts.push(&data[at..c.max(at)]);
+                at = c.max(at);
+            }
+            parts.push(&data[at..]);
+            let mut rustls_way = Sealer::new(s, key(), iv(), 0);
+            let want = sealed(&mut rustls_way, &parts);
+            let mut ours = Sealer::new(s, key(), iv(), 0);
+            let mut out = vec![0u8; sealed_len(data.len()) + 3];
+            let n = ours.seal_into(&parts, &mut out).unwrap();
+            assert_eq!(n, sealed_len(data.len()));
+            assert!(out[..n] == want[..], "{:?}", s.common.suite);
+            assert_eq!(ours.seq(), rustls_way.seq());
+        }
+    }
+    let (mut tx, _) = pair(cs::TLS13_AES_256_GCM_SHA384, 0);
+    assert_eq!(tx.seal_into(&[], &mut []).unwrap(), 0);
+    let e = tx.seal_into(&[b"x"], &mut [0; 22]).unwrap_err();
+    assert!(e.to_string().contains("too small"), "{e}");
+    assert_eq!(sealed_len(1), 23);
+    assert_eq!(sealed_len(MAX_FRAGMENT + 1), MAX_FRAGMENT + 1 + 2 * 22);
 }
 
 #[test]
@@ -307,28 +362,44 @@ fn into_the_callers_buffer_records_that_fit_and_plaintext_opened_in_place_first(
     assert_eq!(rx.open_into(&mut out[..1000]).unwrap(), 1000);
     assert_eq!(out[..900], a[100..]);
     assert!(out[900..1000].iter().all(|&x| x == 0xbb));
-    // The rest of the in-place plaintext, then the third record — only once its whole
-    // ciphertext (9 bytes, its type, a 16-byte tag) fits after it.
+    // The rest of the in-place plaintext, then the third record — only once its ciphertext
+    // less the tag (9 bytes and its type) fits after it.
     let left = 2900;
-    assert_eq!(rx.open_into(&mut out[..left + 25]).unwrap(), left);
+    assert_eq!(rx.open_into(&mut out[..left + 9]).unwrap(), left);
     assert_eq!(
-        rx.open_into(&mut out[..25]).unwrap(),
+        rx.open_into(&mut out[..9]).unwrap(),
         0,
-        "26 bytes of ciphertext"
+        "10 bytes of ciphertext"
     );
-    assert_eq!(rx.open_into(&mut out[..26]).unwrap(), 9);
+    assert_eq!(rx.open_into(&mut out[..10]).unwrap(), 9);
     assert_eq!(out[..9], c[..]);
     assert_eq!(rx.open_into(&mut out).unwrap(), 0);
 }
 
 /// Records sealed here are read by a rustls connection, and what rustls sends is opened
-/// here: the same protocol as rustls' own record layer, from the keys of a real handshake.
+/// here: the same protocol as rustls' own record layer, from the keys of a real handshake —
+/// for each TLS 1.3 suite, sealed and opened through rustls' record protection and through
+/// our own ([`Sealer::seal_into`], [`Opener::open_into`]).
 #[test]
 fn interoperates_with_rustls_after_a_real_handshake() {
+    for s in [
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+    ] {
+        for (how, feed) in FEEDS {
+            interop(s, feed, how);
+        }
+    }
+}
+
+fn interop(only: SupportedCipherSuite, feed: Feed, how: &str) {
     let ck = rcgen::generate_simple_self_signed(vec!["peer".to_string()]).unwrap();
     let cert = ck.cert.der().clone();
     let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites = vec![only];
+    let provider = Arc::new(provider);
     let scfg = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
@@ -385,11 +456,20 @@ fn interoperates_with_rustls_after_a_real_handshake() {
         );
     }
     let s = suite(client.negotiated_cipher_suite().unwrap());
+    assert_eq!(s.common.suite, only.suite());
     let secrets = client.dangerous_extract_secrets().unwrap();
     let (mut tx, mut rx) = split(s, secrets, 0).unwrap();
     // Ours to rustls.
     let data: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
-    let bytes = sealed(&mut tx, &[&data[..5], &data[5..]]);
+    let parts = [&data[..5], &data[5..]];
+    let bytes = if how == "into" {
+        let mut b = vec![0u8; sealed_len(data.len())];
+        let n = tx.seal_into(&parts, &mut b).unwrap();
+        b.truncate(n);
+        b
+    } else {
+        sealed(&mut tx, &parts)
+    };
     let mut got = Vec::new();
     for piece in bytes.chunks(3000) {
         server.read_tls(&mut &piece[..]).unwrap();
@@ -406,7 +486,7 @@ fn interoperates_with_rustls_after_a_real_handshake() {
     }
     let (out, r) = feed(&mut rx, &bytes, 5000);
     r.unwrap();
-    assert!(out == data);
+    assert!(out == data, "{:?}, {how}", only.suite());
 }
 
 proptest! {
@@ -428,7 +508,14 @@ proptest! {
             parts.push(&data[at..at + n]);
             at += n;
         }
-        let bytes = sealed(&mut tx, &parts);
+        let bytes = if into {
+            let mut b = vec![0u8; sealed_len(data.len())];
+            let n = tx.seal_into(&parts, &mut b).unwrap();
+            b.truncate(n);
+            b
+        } else {
+            sealed(&mut tx, &parts)
+        };
         let (out, r) = FEEDS[into as usize].1(&mut rx, &bytes, chunk);
         prop_assert!(r.is_ok());
         prop_assert!(out == data);

@@ -18,6 +18,7 @@
 //! destination decrypts each record where it was received and writes it into its VF from
 //! there, in the same loop as the spliced path.
 
+mod lend;
 mod spliced;
 mod tls;
 

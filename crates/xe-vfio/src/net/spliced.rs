@@ -18,6 +18,7 @@
 //! every error from here is marked out of step, so the abort path reopens the VFs'
 //! connections before resuming (source) or resetting (destination) them.
 
+use super::lend::{Ticket, NOTHING_LENT};
 use super::{peer_error, proto, recv_header, recv_payload, send};
 use crate::ops::Dev;
 use crate::util::{client_error, CliError};
@@ -123,7 +124,10 @@ pub(super) trait Bodies: Read {
         head: &[u8],
         n: usize,
         whole: bool,
-    ) -> Result<(), PassError>;
+    ) -> Result<Ticket, PassError>;
+
+    /// The VF answered the write whose body went with `ticket` (it has read the body).
+    fn answered(&mut self, _ticket: Ticket) {}
 }
 
 /// Plain TCP: bodies spliced (or copied through a buffer for a VF that needs them whole).
@@ -156,13 +160,14 @@ impl Bodies for Plain<'_> {
         head: &[u8],
         n: usize,
         whole: bool,
-    ) -> Result<(), PassError> {
+    ) -> Result<Ticket, PassError> {
         let m = if whole {
             &mut self.copier
         } else {
             &mut self.splicer
         };
-        m.pass(self.tcp.as_fd(), to, head, n)
+        m.pass(self.tcp.as_fd(), to, head, n)?;
+        Ok(NOTHING_LENT)
     }
 }
 
@@ -171,8 +176,8 @@ impl Bodies for Plain<'_> {
 /// accepted.
 pub(super) fn take_streams(devs: &mut [Dev<'_>], src: &mut dyn Bodies) -> Result<u64, CliError> {
     let n = devs.len();
-    // The sizes of each VF's writes not answered yet, and the bytes it accepted.
-    let mut writes = vec![VecDeque::<usize>::new(); n];
+    // The sizes (and tickets) of each VF's writes not answered yet, and the bytes it accepted.
+    let mut writes = vec![VecDeque::<(usize, Ticket)>::new(); n];
     let mut totals = vec![0u64; n];
     let mut ended = vec![false; n];
     while ended.iter().any(|e| !e) {
@@ -189,15 +194,15 @@ pub(super) fn take_streams(devs: &mut [Dev<'_>], src: &mut dyn Bodies) -> Result
                 let mut left = h.len as usize;
                 while left > 0 {
                     let d = &mut devs[vf];
-                    let at = totals[vf] + writes[vf].iter().sum::<usize>() as u64;
+                    let at = totals[vf] + writes[vf].iter().map(|w| w.0).sum::<usize>() as u64;
                     // Pieces into the VFs that read a body in pieces, whole messages into the
                     // others (see `Dev::takes_spliced_bodies`).
                     let whole = !d.takes_spliced_bodies();
                     let (who, c) = client(d)?;
                     let len = left.min(c.max_xfer() as usize);
                     let head = c.mig_data_write_head(len);
-                    match src.pass(c.socket().as_fd(), &head, len, whole) {
-                        Ok(()) => {}
+                    let ticket = match src.pass(c.socket().as_fd(), &head, len, whole) {
+                        Ok(t) => t,
                         Err(PassError::Source(e)) => {
                             let e = proto(format!("receiving the streams: {e}"));
                             return Err(out_of_step(e));
@@ -206,17 +211,17 @@ pub(super) fn take_streams(devs: &mut [Dev<'_>], src: &mut dyn Bodies) -> Result
                             let what = format!("{who}: writing migration data at byte {at}");
                             return Err(out_of_step(CliError::new(what).cause(err)));
                         }
-                    }
+                    };
                     left -= len;
-                    writes[vf].push_back(len);
-                    take_answers(d, &mut writes[vf], &mut totals[vf], DEPTH - 1)?;
+                    writes[vf].push_back((len, ticket));
+                    take_answers(d, &mut writes[vf], &mut totals[vf], DEPTH - 1, src)?;
                 }
             }
             kind::END => {
                 let p = recv_payload(src, &h).map_err(out_of_step)?;
                 let total = mig_net::parse_end(&p)
                     .map_err(|e| out_of_step(proto("a malformed END").cause(e)))?;
-                take_answers(&mut devs[vf], &mut writes[vf], &mut totals[vf], 0)?;
+                take_answers(&mut devs[vf], &mut writes[vf], &mut totals[vf], 0, src)?;
                 if total != totals[vf] {
                     return Err(out_of_step(proto(format!(
                         "VF {vf}: the source sent {total} bytes, {} arrived",
@@ -236,12 +241,13 @@ pub(super) fn take_streams(devs: &mut [Dev<'_>], src: &mut dyn Bodies) -> Result
 }
 
 /// Takes VF `d`'s answers to its writes until at most `keep` are in flight, counting the bytes
-/// it accepted.
+/// it accepted and giving their bodies' tickets back to `src`.
 fn take_answers(
     d: &mut Dev<'_>,
-    writes: &mut VecDeque<usize>,
+    writes: &mut VecDeque<(usize, Ticket)>,
     total: &mut u64,
     keep: usize,
+    src: &mut dyn Bodies,
 ) -> Result<(), CliError> {
     let (who, c) = client(d)?;
     while writes.len() > keep {
@@ -249,7 +255,9 @@ fn take_answers(
             let what = format!("{who}: writing migration data at byte {total}");
             out_of_step(client_error(what, &e))
         })?;
-        *total += writes.pop_front().unwrap_or(0) as u64;
+        let (len, ticket) = writes.pop_front().unwrap_or((0, NOTHING_LENT));
+        src.answered(ticket);
+        *total += len as u64;
     }
     Ok(())
 }

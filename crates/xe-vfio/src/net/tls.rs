@@ -13,6 +13,7 @@
 //! session tickets (the opener would skip them), and each side reads the handshake one record
 //! at a time ([`RecordWise`]), so rustls never buffers a record that comes after it.
 
+use super::lend::{Lender, Ticket, NOTHING_LENT};
 use rustls::SupportedCipherSuite;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpStream;
@@ -105,6 +106,10 @@ pub(super) struct TlsConn {
     tcp: TcpStream,
     sealer: Sealer,
     opener: Opener,
+    /// Where the records are decrypted to, and lent from.
+    plain: Lender,
+    /// Where records are sealed to (grown to the largest frame, kept).
+    sealed: Vec<u8>,
 }
 
 impl TlsConn {
@@ -126,12 +131,22 @@ impl TlsConn {
             tcp,
             sealer,
             opener,
+            plain: Lender::new()?,
+            sealed: Vec::new(),
         })
     }
 
     /// Receives until some plaintext is ready (or the peer closed).
     fn fill(&mut self) -> io::Result<()> {
-        while self.opener.available() == 0 && !self.opener.closed() {
+        while self.plain.plaintext().is_empty() {
+            let k = self.opener.open_into(self.plain.room()?).map_err(invalid)?;
+            if k > 0 {
+                self.plain.opened(k);
+                return Ok(());
+            }
+            if self.opener.closed() {
+                return Ok(());
+            }
             let n = loop {
                 match self.tcp.read(self.opener.spare()) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -144,56 +159,53 @@ impl TlsConn {
                     "the peer closed the connection without a TLS close_notify",
                 ));
             }
-            self.opener.received(n).map_err(invalid)?;
+            self.opener.received_raw(n).map_err(invalid)?;
         }
         Ok(())
     }
 
-    /// Sends `head` and then the next `n` bytes of plaintext to `to` (a VF's socket), written
-    /// from where they were decrypted, in as many writes as the records take (the VF reads a
-    /// body in pieces). Errors as [`vfio_user::splice::Splicer::pass`]'s.
+    /// Sends `head` and then the next `n` bytes of plaintext to `to` (a VF's socket), the
+    /// plaintext lent by reference where it was decrypted ([`Lender`]), in as many pieces as
+    /// its buffers take (the VF reads a body in pieces). The ticket is given back with
+    /// [`Bodies::answered`] once the VF answered. Errors as
+    /// [`vfio_user::splice::Splicer::pass`]'s.
     pub(super) fn pass(
         &mut self,
         to: BorrowedFd<'_>,
         head: &[u8],
         n: usize,
-    ) -> Result<(), PassError> {
-        // The head goes with the first piece.
-        let mut head = Some(head);
+    ) -> Result<Ticket, PassError> {
+        send_all(to, &[head], &[]).map_err(|err| PassError::Destination { err, left: n })?;
+        let mut lent = Vec::new();
         let mut left = n;
-        while left > 0 || head.is_some() {
-            if left > 0 && self.opener.available() == 0 {
+        while left > 0 {
+            if self.plain.plaintext().is_empty() {
                 self.fill().map_err(PassError::Source)?;
-                if self.opener.available() == 0 {
+                if self.plain.plaintext().is_empty() {
                     return Err(PassError::Source(io::ErrorKind::UnexpectedEof.into()));
                 }
             }
-            let mut take = 0;
-            let mut parts: Vec<&[u8]> = head.take().into_iter().collect();
-            for p in self.opener.plaintext() {
-                if take == left {
-                    break;
-                }
-                let k = p.len().min(left - take);
-                parts.push(&p[..k]);
-                take += k;
-            }
-            send_all(to, &parts, &[]).map_err(|err| PassError::Destination { err, left })?;
-            self.opener.consume(take);
-            left -= take;
+            let k = left.min(self.plain.plaintext().len());
+            self.plain
+                .lend(to, k, &mut lent)
+                .map_err(|err| PassError::Destination { err, left })?;
+            left -= k;
         }
-        Ok(())
+        Ok(self.plain.ticket(lent))
     }
 
-    /// Protects `data` (one frame: its header and payload) as records, sent with one
-    /// vectored write.
+    /// Protects `data` (one frame: its header and payload) as records, sealed from `data`
+    /// straight into this connection's buffer and sent with one write.
     fn seal_and_send(&mut self, data: &[&[u8]]) -> io::Result<()> {
-        let mut records = Vec::new();
-        self.sealer
-            .seal(data, &mut records)
+        let need = tls_records::sealed_len(data.iter().map(|d| d.len()).sum());
+        if self.sealed.len() < need {
+            self.sealed.resize(need, 0);
+        }
+        let n = self
+            .sealer
+            .seal_into(data, &mut self.sealed)
             .map_err(io::Error::other)?;
-        let parts: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
-        send_all(&self.tcp, &parts, &[])
+        send_all(&self.tcp, &[&self.sealed[..n]], &[])
     }
 }
 
@@ -202,11 +214,13 @@ impl Read for TlsConn {
         if out.is_empty() {
             return Ok(0);
         }
-        if self.opener.available() == 0 {
-            self.fill()?;
-        }
+        self.fill()?;
         // 0 after close_notify.
-        Ok(self.opener.read(out))
+        let p = self.plain.plaintext();
+        let k = p.len().min(out.len());
+        out[..k].copy_from_slice(&p[..k]);
+        self.plain.consume(k);
+        Ok(k)
     }
 }
 
@@ -235,13 +249,18 @@ impl super::spliced::Bodies for TlsConn {
         head: &[u8],
         n: usize,
         whole: bool,
-    ) -> Result<(), PassError> {
+    ) -> Result<Ticket, PassError> {
         if !whole {
             return TlsConn::pass(self, to, head, n);
         }
         let mut b = vec![0u8; n];
         self.read_exact(&mut b).map_err(PassError::Source)?;
-        send_all(to, &[head, &b], &[]).map_err(|err| PassError::Destination { err, left: 0 })
+        send_all(to, &[head, &b], &[]).map_err(|err| PassError::Destination { err, left: 0 })?;
+        Ok(NOTHING_LENT)
+    }
+
+    fn answered(&mut self, t: Ticket) {
+        self.plain.answered(t);
     }
 }
 

@@ -180,6 +180,21 @@ impl Net {
         self.xe_vfio(false).args(args).output().unwrap()
     }
 
+    /// `xe-vfio ARGS` on the source host with one CPU to run on (as `taskset -c 0`), to
+    /// completion.
+    fn run_on_one_cpu(&self, args: &[&str]) -> std::process::Output {
+        let mut c = self.xe_vfio(false);
+        let mut one = rustix::thread::CpuSet::new();
+        one.set(0);
+        // SAFETY: between fork and exec, only the affinity system call (async-signal-safe).
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut c, move || {
+                rustix::thread::sched_setaffinity(None, &one).map_err(std::io::Error::from)
+            });
+        }
+        c.args(args).output().unwrap()
+    }
+
     /// `f` run on a thread inside the source's (`dst == false`) or the destination's
     /// namespace: a socket belongs to the namespace it was made in, wherever it is used.
     fn inside<T: Send + 'static>(&self, dst: bool, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -409,6 +424,18 @@ fn migrate_json(
     sec: &[&str],
     extra: &[&str],
 ) -> serde_json::Value {
+    migrate_json_on(net, src, url, sec, extra, false)
+}
+
+/// [`migrate_json`], with one CPU for `migrate` to run on when `one_cpu`.
+fn migrate_json_on(
+    net: &Net,
+    src: &Host,
+    url: &str,
+    sec: &[&str],
+    extra: &[&str],
+    one_cpu: bool,
+) -> serde_json::Value {
     let from: Vec<String> = src
         .sockets
         .iter()
@@ -418,7 +445,11 @@ fn migrate_json(
     let mut args = vec!["migrate", "--from", &from, "--to", url, "--json"];
     args.extend_from_slice(sec);
     args.extend_from_slice(extra);
-    let out = net.run(&args);
+    let out = if one_cpu {
+        net.run_on_one_cpu(&args)
+    } else {
+        net.run(&args)
+    };
     assert!(
         out.status.success(),
         "{}",
@@ -491,6 +522,9 @@ fn busy_group_of_three(name: &str, tls: bool) {
     let transport = rep["transport"].as_str().unwrap();
     assert_eq!(transport.contains("TLS"), tls, "{rep}");
     assert_eq!(rep["spliced"], !tls, "{rep}");
+    // (With more than one CPU to run on: the writer thread.)
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(rep["writer_thread"], cpus > 1, "{rep}");
     assert_eq!(rep["vfs"].as_array().unwrap().len(), 3);
     for v in rep["vfs"].as_array().unwrap() {
         assert_eq!(v["destination_state"], "RUNNING", "{rep}");
@@ -760,14 +794,18 @@ fn busy_group_pre_copies(name: &str, tls: bool) {
     let mut w = busy(&a, 0x91);
     write_lmem(&a, 2, &pattern(8 << 20, 2));
     let r = Receive::start(&net, &[&b.sockets[0], &b.sockets[1]], &strs(&dst_sec));
-    let rep = migrate_json(
+    // Over TLS the source has one CPU: every frame is written by the thread that reads the
+    // VFs (the group over TLS and the plain pre-copy rounds take the writer thread).
+    let rep = migrate_json_on(
         &net,
         &a,
         &r.url(),
         &strs(&src_sec),
         &["--pre-copy", "--max-bandwidth", "64M"],
+        tls,
     );
     assert_eq!(rep["spliced"], !tls, "{rep}");
+    assert_eq!(rep["writer_thread"], !tls, "{rep}");
     let p = &rep["pre_copy"];
     assert_eq!(p["converged"], true, "{rep}");
     assert!(p["precopy_bytes"].as_u64().unwrap() >= 16 * MIB, "{rep}");

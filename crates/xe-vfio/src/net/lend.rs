@@ -205,6 +205,13 @@ impl Lender {
     }
 }
 
+impl Drop for Lender {
+    fn drop(&mut self) {
+        let lent = self.bufs.iter().filter(|b| b.lent > 0).count();
+        tracing::debug!(buffers = self.bufs.len(), lent, "plaintext buffers");
+    }
+}
+
 impl PageBuf {
     fn new(size: usize) -> io::Result<PageBuf> {
         Ok(PageBuf {

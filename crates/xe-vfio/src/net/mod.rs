@@ -329,6 +329,10 @@ pub struct RemoteReport {
     /// The stop-copy data went from the VFs' sockets into the connection without entering
     /// this process (plain TCP, vfio-user VFs).
     pub spliced: bool,
+    /// Frames that pass through this process were written to the connection by a thread of
+    /// their own (overlapping the reads of the VFs); not with one CPU to run on, where this
+    /// thread writes them.
+    pub writer_thread: bool,
     pub vfs: Vec<RemoteVf>,
     pub bytes: u64,
     /// From the first source VF leaving RUNNING to the destination's RESULT (all RUNNING).
@@ -437,6 +441,7 @@ pub fn migrate_remote(
     let mut stopped = vec![None; devs.len()];
     let spliced = link.io.plain().is_some() && spliced::all_vfio_user(&mut devs);
     let mut out = Out::start(link.io, opts.max_bandwidth.and_then(Pacer::new), devs.len());
+    let writer_thread = out.inline.is_none();
     let mut conn = None;
     let mut pre = None;
     let r = (|| {
@@ -488,6 +493,7 @@ pub fn migrate_remote(
         destination: url.to_string(),
         transport: link.how,
         spliced,
+        writer_thread,
         vfs,
         bytes,
         group_downtime_ms: transfer * 1e3,
@@ -507,11 +513,14 @@ type Frame = (u8, u16, Vec<u8>, usize);
 /// The source's side of the connection: frames go to a writer thread that owns the connection
 /// (so reading the next piece of a VF's stream overlaps sending the last — TLS encryption
 /// included), in buffers recycled through a small pool; DATA under the bandwidth cap; each
-/// VF's count.
+/// VF's count. With one CPU to run on, the frames are written by this thread instead: the two
+/// threads could not overlap, and their handing over would only cost context switches.
 struct Out {
     tx: Option<std::sync::mpsc::SyncSender<Frame>>,
     pool: std::sync::mpsc::Receiver<Vec<u8>>,
     writer: Option<std::thread::JoinHandle<Written>>,
+    /// The connection, written by this thread (one CPU), with the buffer and the first error.
+    inline: Option<Inline>,
     pace: Option<Pacer>,
     totals: Vec<u64>,
     /// A pool buffer taken but not sent (a read that brought nothing).
@@ -521,17 +530,47 @@ struct Out {
 /// What the writer thread gives back: the connection and how the writing went.
 type Written = (Box<dyn Conn>, io::Result<()>);
 
+/// [`Out`] without a writer thread.
+struct Inline {
+    io: Box<dyn Conn>,
+    buf: Option<Vec<u8>>,
+    failed: Option<io::Error>,
+}
+
 /// Buffers in flight between the reading and the writing thread.
 const POOL: usize = 3;
 
+/// Whether the calling thread may run on one CPU only.
+fn one_cpu() -> bool {
+    rustix::thread::sched_getaffinity(None).is_ok_and(|set| set.count() == 1)
+}
+
 impl Out {
-    fn start(mut io: Box<dyn Conn>, pace: Option<Pacer>, vfs: usize) -> Out {
+    fn start(io: Box<dyn Conn>, pace: Option<Pacer>, vfs: usize) -> Out {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Frame>(POOL);
         let (back, pool) = std::sync::mpsc::channel::<Vec<u8>>();
+        let mut out = Out {
+            tx: None,
+            pool,
+            writer: None,
+            inline: None,
+            pace,
+            totals: vec![0; vfs],
+            spare: None,
+        };
+        if one_cpu() {
+            out.inline = Some(Inline {
+                io,
+                buf: Some(vec![0u8; MAX_DATA as usize]),
+                failed: None,
+            });
+            return out;
+        }
         for _ in 0..POOL {
             let _ = back.send(vec![0u8; MAX_DATA as usize]);
         }
-        let writer = std::thread::spawn(move || {
+        let mut io = io;
+        out.writer = Some(std::thread::spawn(move || {
             let mut r = Ok(());
             for (kind, vf, buf, len) in rx {
                 r = send(&mut *io, kind, vf, &buf[..len]);
@@ -544,22 +583,22 @@ impl Out {
                 r = io.flush();
             }
             (io, r)
-        });
-        Out {
-            tx: Some(tx),
-            pool,
-            writer: Some(writer),
-            pace,
-            totals: vec![0; vfs],
-            spare: None,
-        }
+        }));
+        out.tx = Some(tx);
+        out
     }
 
     /// The writer's failure, once it has stopped.
     fn broken(&mut self) -> CliError {
         self.tx = None;
-        let why = match self.writer.take().map(|w| w.join()) {
-            Some(Ok((_, Err(e)))) => e.to_string(),
+        let why = match (&self.inline, self.writer.take().map(|w| w.join())) {
+            (
+                Some(Inline {
+                    failed: Some(e), ..
+                }),
+                _,
+            ) => e.to_string(),
+            (_, Some(Ok((_, Err(e))))) => e.to_string(),
             _ => "the connection is gone".into(),
         };
         CliError::new(format!("sending to the destination: {why}"))
@@ -570,6 +609,9 @@ impl Out {
         if let Some(b) = self.spare.take() {
             return Ok(b);
         }
+        if let Some(i) = &mut self.inline {
+            return Ok(i.buf.take().unwrap_or_else(|| vec![0u8; MAX_DATA as usize]));
+        }
         match self.pool.recv() {
             Ok(b) => Ok(b),
             Err(_) => Err(self.broken()),
@@ -577,6 +619,18 @@ impl Out {
     }
 
     fn frame(&mut self, kind: u8, vf: usize, buf: Vec<u8>, len: usize) -> Result<(), CliError> {
+        if let Some(i) = &mut self.inline {
+            if i.failed.is_none() {
+                if let Err(e) = send(&mut *i.io, kind, vf as u16, &buf[..len]) {
+                    i.failed = Some(e);
+                }
+            }
+            i.buf = Some(buf);
+            return match i.failed {
+                None => Ok(()),
+                Some(_) => Err(self.broken()),
+            };
+        }
         let sent = self
             .tx
             .as_ref()
@@ -607,6 +661,14 @@ impl Out {
     /// Everything sent: the connection back (`None` if the writer is gone) and the outcome.
     fn finish(&mut self) -> (Option<Box<dyn Conn>>, Result<(), CliError>) {
         self.tx = None;
+        if let Some(mut i) = self.inline.take() {
+            let r = match i.failed.take() {
+                Some(e) => Err(e),
+                None => i.io.flush(),
+            };
+            let r = r.map_err(|e| CliError::new(format!("sending to the destination: {e}")));
+            return (Some(i.io), r);
+        }
         match self.writer.take().map(|w| w.join()) {
             Some(Ok((io, Ok(())))) => (Some(io), Ok(())),
             Some(Ok((io, Err(e)))) => (

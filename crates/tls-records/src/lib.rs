@@ -1,17 +1,23 @@
-//! TLS 1.3 records after a rustls handshake, kept where the bytes already are.
+//! TLS 1.3 records after a rustls handshake, with no copy but the cipher's.
 //!
 //! rustls' streams copy application data twice beyond the socket's own copy (into the
 //! deframer's buffer, and from a plaintext queue into the caller's buffer). For a bulk
 //! transfer — a VF's migration stream, gigabytes — those copies cost more CPU than the
-//! decryption. Here the caller receives straight into an [`Opener`]'s buffer, the records are
-//! decrypted where they lie, and the plaintext is read from there (as slices, for a vectored
-//! write onwards); a [`Sealer`] protects the caller's slices as records.
+//! cipher. Here the caller receives straight into an [`Opener`]'s buffer, and the records
+//! are decrypted either where they lie (the plaintext read from there as slices:
+//! [`Opener::received`]) or from there into the caller's buffer, back to back
+//! ([`Opener::open_into`]: for a caller that hands the plaintext on by reference). A
+//! [`Sealer`] protects the caller's slices as records ([`Sealer::seal`]), or encrypts them
+//! straight into the caller's buffer ([`Sealer::seal_into`]).
 //!
 //! The keys come from rustls (`dangerous_extract_secrets`, the interface it has for kernel
-//! TLS, [`split`]) and the record protection is rustls' own (`MessageEncrypter`,
-//! `MessageDecrypter` of the negotiated suite): what this crate adds is the record framing,
-//! the sequence numbers and the buffer. No crate did this part: `ktls` hands the keys to the
-//! kernel's TLS, which not every kernel has.
+//! TLS, [`split`]). In place, the record protection is rustls' own (`MessageEncrypter`,
+//! `MessageDecrypter` of the negotiated suite); from buffer to buffer — which rustls' record
+//! protection does not do — it is the same aws-lc-rs AEAD rustls' provider runs, with the TLS
+//! 1.3 nonce and additional data written out here (the records are byte for byte rustls',
+//! which the tests hold). What this crate adds is the record framing, the sequence numbers
+//! and the buffers. No crate did this part: `ktls` hands the keys to the kernel's TLS, which
+//! not every kernel has.
 //!
 //! TLS 1.3 only. After the handshake only application data, alerts and session tickets
 //! (skipped) are taken: any other handshake message (a key update) is an error. A [`Sealer`] stops at its suite's

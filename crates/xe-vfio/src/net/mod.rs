@@ -14,9 +14,9 @@
 //! Over plain TCP between vfio-user VFs the data never enters this process: each reply's
 //! data is spliced from the VF's socket into the connection, and each frame's from the
 //! connection into the VF's socket ([`spliced`]). Through TLS it must (to be encrypted and
-//! decrypted): the source's writer thread seals while this thread reads the VFs; the
-//! destination decrypts each record where it was received and writes it into its VF from
-//! there, in the same loop as the spliced path.
+//! decrypted): the source's writer thread seals while this thread reads the VFs (with one CPU
+//! to run on, this thread does both); the destination decrypts each record into a buffer of
+//! its own and lends the plaintext to its VF's socket, in the same loop as the spliced path.
 
 mod lend;
 mod spliced;

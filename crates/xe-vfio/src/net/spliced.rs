@@ -6,9 +6,10 @@
 //! either side takes the buffered path instead.
 //!
 //! Over TLS the destination takes the same path ([`take_streams`] over [`Bodies`]), with the
-//! records decrypted in the connection's buffer and the plaintext written into the VF's
-//! socket from there (see `tls`); the source sends through the buffered path (the bytes must
-//! pass through this process to be encrypted either way).
+//! records decrypted into buffers of this process and the plaintext lent from there to the
+//! VF's socket (see `tls` and `lend`: each body's [`Ticket`] comes back when the VF answers
+//! its write); the source sends through the buffered path (the bytes must pass through this
+//! process to be encrypted either way).
 //!
 //! Requests are kept in flight on every VF, on both sides: the source VFs prepare their next
 //! chunks while this one crosses the link ([`MigReads`]), and the destination VFs take the

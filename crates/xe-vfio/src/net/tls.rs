@@ -1,10 +1,13 @@
 //! TLS between the hosts: rustls does the handshake (certificates, mutual authentication,
 //! key schedule); then the connection's records are ours: [`tls_records`] protects them with
-//! the keys rustls hands over and rustls' own record protection, in buffers that keep the
-//! bytes where they are. On the destination the records are read from the socket straight
-//! into the opener's buffer, decrypted where they lie, and the plaintext is written from
-//! there into the destination VF's socket ([`TlsConn::pass`]): the socket's copy, the
-//! decryption, the VF socket's copy, nothing else (rustls' streams added three copies).
+//! the keys rustls hands over and the same AEAD as rustls' provider, from buffer to buffer.
+//! On the destination the records are read from the socket into the opener's buffer and
+//! decrypted from there into page-aligned buffers, whose plaintext is lent to the destination
+//! VF's socket by reference ([`TlsConn::pass`], `lend`): per byte, the socket's copy, the
+//! decryption, and the VF server's copy into its LMEM. On the source each frame is sealed from
+//! the buffer the VF's data was read into straight into one reused buffer, sent with one
+//! write: the VF socket's copy, the encryption, the connection's copy. (rustls' streams added
+//! three copies on each side.)
 //!
 //! Only TLS 1.3 is spoken (both ends are xe-vfio). No key update: a connection stops with an
 //! error when its sending key has protected as many records as the cipher suite allows

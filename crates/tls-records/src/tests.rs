@@ -26,27 +26,21 @@ fn pair(s: SupportedCipherSuite, capacity: usize) -> (Sealer, Opener) {
 
 /// Feeds `bytes` to `o` in pieces of `chunk` bytes, taking the plaintext as it comes.
 fn feed(o: &mut Opener, bytes: &[u8], chunk: usize) -> (Vec<u8>, Result<(), RecordError>) {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        let spare = o.spare();
-        let n = spare.len().min(chunk.max(1)).min(bytes.len() - at);
-        spare[..n].copy_from_slice(&bytes[at..at + n]);
-        at += n;
-        let r = o.received(n);
-        let mut b = vec![0u8; o.available()];
-        let k = o.read(&mut b);
-        out.extend_from_slice(&b[..k]);
-        if r.is_err() {
-            return (out, r);
-        }
-    }
-    (out, Ok(()))
+    feed_with(o, bytes, chunk, false)
 }
 
 /// As [`feed`], but the plaintext is opened into buffers of this test's (of `MAX_CIPHERTEXT`
 /// bytes: the least that always takes the next record).
 fn feed_into(o: &mut Opener, bytes: &[u8], chunk: usize) -> (Vec<u8>, Result<(), RecordError>) {
+    feed_with(o, bytes, chunk, true)
+}
+
+fn feed_with(
+    o: &mut Opener,
+    bytes: &[u8],
+    chunk: usize,
+    into: bool,
+) -> (Vec<u8>, Result<(), RecordError>) {
     let mut out = Vec::new();
     let mut buf = vec![0u8; MAX_CIPHERTEXT];
     let mut at = 0;
@@ -55,17 +49,26 @@ fn feed_into(o: &mut Opener, bytes: &[u8], chunk: usize) -> (Vec<u8>, Result<(),
         let n = spare.len().min(chunk.max(1)).min(bytes.len() - at);
         spare[..n].copy_from_slice(&bytes[at..at + n]);
         at += n;
-        if let Err(e) = o.received_raw(n) {
-            return (out, Err(e));
+        let r = if into {
+            o.received_raw(n).and_then(|()| loop {
+                match o.open_into(&mut buf)? {
+                    0 => break Ok(()),
+                    k => out.extend_from_slice(&buf[..k]),
+                }
+            })
+        } else {
+            let r = o.received(n);
+            let mut b = vec![0u8; o.available()];
+            let k = o.read(&mut b);
+            out.extend_from_slice(&b[..k]);
+            r
+        };
+        if into {
+            assert_eq!(o.available(), 0, "nothing is opened in place");
         }
-        loop {
-            match o.open_into(&mut buf) {
-                Ok(0) => break,
-                Ok(k) => out.extend_from_slice(&buf[..k]),
-                Err(e) => return (out, Err(e)),
-            }
+        if r.is_err() {
+            return (out, r);
         }
-        assert_eq!(o.available(), 0, "nothing is opened in place");
     }
     (out, Ok(()))
 }

@@ -262,12 +262,23 @@ impl Receive {
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
-        let addr = line
-            .split_whitespace()
-            .skip_while(|w| *w != "on")
-            .nth(1)
-            .unwrap_or_else(|| panic!("receive did not say where it listens: {line:?}"))
-            .to_string();
+        // With --json, a JSON value like every other on stdout.
+        let addr = if args.contains(&"--json") {
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("receive --json said {line:?}: {e}"));
+            assert_eq!(
+                v["ready"]["vfs"].as_array().map(Vec::len),
+                Some(to.len()),
+                "{v}"
+            );
+            v["ready"]["listen"].as_str().map(str::to_string)
+        } else {
+            line.split_whitespace()
+                .skip_while(|w| *w != "on")
+                .nth(1)
+                .map(str::to_string)
+        };
+        let addr = addr.unwrap_or_else(|| panic!("receive did not say where it listens: {line:?}"));
         Receive { child, addr, out }
     }
 

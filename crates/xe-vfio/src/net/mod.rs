@@ -908,11 +908,17 @@ pub fn receive_on(
         .ctx(|| "the listening address".into())?;
     if !opts.quiet {
         sec.warn();
-        println!(
-            "receive: ready on {addr} for {} VF(s): {}",
-            dsts.len(),
-            names.join(", ")
-        );
+        // With --json every value on stdout is JSON (the reports follow this one).
+        if opts.json {
+            let v = serde_json::json!({ "ready": { "listen": addr.to_string(), "vfs": names } });
+            println!("{v}");
+        } else {
+            println!(
+                "receive: ready on {addr} for {} VF(s): {}",
+                dsts.len(),
+                names.join(", ")
+            );
+        }
         let _ = std::io::stdout().flush();
     }
     loop {

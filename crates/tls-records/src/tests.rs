@@ -84,6 +84,18 @@ fn sealed(s: &mut Sealer, parts: &[&[u8]]) -> Vec<u8> {
     recs.concat()
 }
 
+/// The records of `parts`: sealed through rustls' record protection, or (`into`) straight
+/// into one buffer ([`Sealer::seal_into`]).
+fn seal_with(s: &mut Sealer, parts: &[&[u8]], into: bool) -> Vec<u8> {
+    if !into {
+        return sealed(s, parts);
+    }
+    let mut b = vec![0u8; sealed_len(parts.iter().map(|p| p.len()).sum())];
+    let n = s.seal_into(parts, &mut b).unwrap();
+    b.truncate(n);
+    b
+}
+
 #[test]
 fn records_are_framed_as_tls_1_3_application_data() {
     let (mut s, _) = pair(cs::TLS13_AES_256_GCM_SHA384, 0);
@@ -465,14 +477,7 @@ fn interop(only: SupportedCipherSuite, feed: Feed, how: &str) {
     // Ours to rustls.
     let data: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
     let parts = [&data[..5], &data[5..]];
-    let bytes = if how == "into" {
-        let mut b = vec![0u8; sealed_len(data.len())];
-        let n = tx.seal_into(&parts, &mut b).unwrap();
-        b.truncate(n);
-        b
-    } else {
-        sealed(&mut tx, &parts)
-    };
+    let bytes = seal_with(&mut tx, &parts, how == "into");
     let mut got = Vec::new();
     for piece in bytes.chunks(3000) {
         server.read_tls(&mut &piece[..]).unwrap();
@@ -511,14 +516,7 @@ proptest! {
             parts.push(&data[at..at + n]);
             at += n;
         }
-        let bytes = if into {
-            let mut b = vec![0u8; sealed_len(data.len())];
-            let n = tx.seal_into(&parts, &mut b).unwrap();
-            b.truncate(n);
-            b
-        } else {
-            sealed(&mut tx, &parts)
-        };
+        let bytes = seal_with(&mut tx, &parts, into);
         let (out, r) = FEEDS[into as usize].1(&mut rx, &bytes, chunk);
         prop_assert!(r.is_ok());
         prop_assert!(out == data);

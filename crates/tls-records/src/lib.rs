@@ -621,7 +621,9 @@ impl Aead {
 /// are skipped (a server sends them after the handshake unless told not to; resuming is
 /// never needed here). Anything else after the handshake — a key update above all — is an
 /// error.
-fn only_tickets(mut p: &[u8]) -> bool {
+/// Whether the plaintext of a handshake record after the handshake holds only whole
+/// NewSessionTicket messages (which a client may ignore), and at least one.
+pub fn only_tickets(mut p: &[u8]) -> bool {
     const NEW_SESSION_TICKET: u8 = 4;
     if p.is_empty() {
         return false;

@@ -383,6 +383,7 @@ pub fn bench_tcp(json: bool) -> Result<(), CliError> {
         cert: pki.join(format!("{h}.pem")),
         key: pki.join(format!("{h}.key")),
         ca: pki.join("ca.pem"),
+        kernel: true,
     };
     let (tls_dst, tls_src) = (
         Security::Tls(files("127.0.0.1")),

@@ -264,15 +264,32 @@ struct TlsArgs {
     /// Plain TCP, unencrypted and unauthenticated (said on every run).
     #[arg(long)]
     insecure: bool,
+    /// TLS: seal and open the records in this process even where the kernel has TLS (by
+    /// default the kernel takes them once the handshake is done, where it can).
+    #[arg(long)]
+    no_kernel_tls: bool,
 }
 
 impl TlsArgs {
     fn given(&self) -> bool {
-        self.tls_cert.is_some() || self.tls_key.is_some() || self.tls_ca.is_some() || self.insecure
+        self.tls_cert.is_some()
+            || self.tls_key.is_some()
+            || self.tls_ca.is_some()
+            || self.insecure
+            || self.no_kernel_tls
     }
 
     fn security(self) -> Result<net::Security, CliError> {
-        net::Security::from_args(self.tls_cert, self.tls_key, self.tls_ca, self.insecure)
+        if self.insecure && self.no_kernel_tls {
+            return Err(CliError::new("--no-kernel-tls is for TLS, not --insecure"));
+        }
+        net::Security::from_args(
+            self.tls_cert,
+            self.tls_key,
+            self.tls_ca,
+            self.insecure,
+            !self.no_kernel_tls,
+        )
     }
 }
 

@@ -75,15 +75,36 @@ pub fn host_served(
     let mut cfg = PfConfig::sized_for(platform, vfs, lmem).unwrap();
     cfg.lmem_commit = commit;
     cfg.pre_copy = pre_copy;
-    let pf = XePf::with_vfs(
+    host_provisioned(
+        dir,
         cfg,
         vfs,
         VfProvision {
             lmem,
             ggtt: 8 << 20,
         },
+        opts,
     )
-    .unwrap();
+}
+
+/// A host as `xe-vfio serve` makes it (the default GGTT share, LMEM reserved): its VFs'
+/// streams restore into a served VF.
+pub fn host_as_served(dir: &Path, platform: Platform, vfs: u32, lmem: u64) -> Host {
+    let mut cfg = PfConfig::sized_for(platform, vfs, lmem).unwrap();
+    cfg.lmem_commit = Commit::Reserved;
+    let ggtt = xe_pf::pf::DEFAULT_VF_GGTT;
+    let opts = ServerOptions::default();
+    host_provisioned(dir, cfg, vfs, VfProvision { lmem, ggtt }, opts)
+}
+
+fn host_provisioned(
+    dir: &Path,
+    cfg: PfConfig,
+    vfs: u32,
+    prov: VfProvision,
+    opts: ServerOptions,
+) -> Host {
+    let pf = XePf::with_vfs(cfg, vfs, prov).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     let mut sockets = Vec::new();

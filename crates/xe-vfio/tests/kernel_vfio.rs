@@ -21,17 +21,6 @@ use std::time::Instant;
 const BUILD: &str = include_str!("guest/mtty-build.sh");
 const INIT: &str = include_str!("guest/mtty-init.sh");
 
-/// The root's kernel version (its one /lib/modules entry).
-fn kernel_version(root: &Path) -> Result<String, String> {
-    let mut v: Vec<String> = std::fs::read_dir(root.join("lib/modules"))
-        .map_err(|e| e.to_string())?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .collect();
-    v.sort();
-    v.pop()
-        .ok_or_else(|| "no kernel modules in the root".into())
-}
-
 /// mtty.ko and the VFIO modules for the guest kernel, in the root's /opt/xe-mtty.
 fn build_modules(root: &Path) -> Result<PathBuf, String> {
     let k = kernel_version(root)?;
@@ -44,28 +33,6 @@ fn build_modules(root: &Path) -> Result<PathBuf, String> {
         "building mtty.ko in the root",
     )?;
     Ok(root.join("opt/xe-mtty"))
-}
-
-/// A statically linked xe-vfio for the guest (it has no libc of ours).
-fn static_xe_vfio() -> Result<PathBuf, String> {
-    let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("static");
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let target = "x86_64-unknown-linux-gnu";
-    run(
-        Command::new(cargo)
-            .args(["build", "-q", "--bin", "xe-vfio", "--target", target])
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .env(
-                "RUSTFLAGS",
-                "-C target-feature=+crt-static -C debuginfo=0 -C strip=symbols",
-            ),
-        "building a static xe-vfio",
-    )?;
-    Ok(target_dir.join(target).join("debug/xe-vfio"))
 }
 
 /// The words after `tag` on its console line, joined.

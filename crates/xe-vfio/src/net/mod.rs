@@ -18,6 +18,7 @@
 //! to run on, this thread does both); the destination decrypts each record into a buffer of
 //! its own and lends the plaintext to its VF's socket, in the same loop as the spliced path.
 
+mod ktls;
 mod lend;
 mod spliced;
 mod tls;
@@ -45,6 +46,8 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: PathBuf,
+    /// Let the kernel seal and open the records where it can (kernel TLS); else always here.
+    pub kernel: bool,
 }
 
 /// How the connection is protected.
@@ -62,10 +65,16 @@ impl Security {
         key: Option<PathBuf>,
         ca: Option<PathBuf>,
         insecure: bool,
+        kernel: bool,
     ) -> Result<Security, CliError> {
         match (cert, key, ca, insecure) {
             (None, None, None, true) => Ok(Security::Insecure),
-            (Some(cert), Some(key), Some(ca), false) => Ok(Security::Tls(TlsFiles { cert, key, ca })),
+            (Some(cert), Some(key), Some(ca), false) => Ok(Security::Tls(TlsFiles {
+                cert,
+                key,
+                ca,
+                kernel,
+            })),
             (_, _, _, true) => Err(CliError::new("--insecure and --tls-* do not go together")),
             _ => Err(CliError::new("a migration between hosts needs --tls-cert, --tls-key and --tls-ca")
                 .hint("make them with the openssl commands in the README ('Migrate between hosts'), or pass --insecure for plain TCP on a trusted network")),
@@ -166,9 +175,15 @@ fn server_config(f: &TlsFiles) -> Result<Arc<ServerConfig>, CliError> {
 
 /// Either side's connection.
 trait Conn: Read + Write + Send {
-    /// The TCP connection itself when nothing is layered on it (`--insecure`): data may then
-    /// be spliced between it and the VFs' sockets.
+    /// The TCP connection itself when what is read from it and written to it is the stream's
+    /// plaintext (`--insecure`, or TLS in the kernel): data may then be spliced between it and
+    /// the VFs' sockets.
     fn plain(&self) -> Option<&TcpStream> {
+        None
+    }
+    /// With TLS in the kernel, the send key's record limit (see `ktls`): records other than
+    /// data are then read with their type, and what is sent is checked against the limit.
+    fn kernel_tls(&self) -> Option<u64> {
         None
     }
     /// The TLS connection, whose plaintext can be written into the VFs' sockets from where
@@ -226,7 +241,7 @@ fn connect(url: &str, sec: &Security, timeout: Duration) -> Result<Link, CliErro
                     .cause(e)
                     .hint(format!("the destination's certificate must chain to {} and name {host}; ours must chain to the destination's CA; nothing was stopped", f.ca.display()))
             };
-            let (io, how) = handshake(conn.into(), tcp).map_err(failed)?;
+            let (io, how) = handshake(conn.into(), tcp, f.kernel).map_err(failed)?;
             Ok(Link { io, how })
         }
     }
@@ -802,9 +817,11 @@ fn switch_and_send(
         let (io, sent) = out.finish();
         *conn = io;
         sent?;
-        let tcp = conn.as_ref().and_then(|c| c.plain());
+        let c = conn.as_ref();
+        let tcp = c.and_then(|c| c.plain());
         let tcp = tcp.ok_or_else(|| CliError::new("the connection is gone"))?;
-        spliced::send_streams(devs, tcp, &mut out.totals, &mut out.pace)?;
+        let limit = c.and_then(|c| c.kernel_tls());
+        spliced::send_streams(devs, tcp, &mut out.totals, &mut out.pace, limit)?;
     } else {
         send_streams(devs, out, conn)?;
     }
@@ -900,7 +917,7 @@ pub fn receive_on(
     opts: ReceiveOpts,
 ) -> Result<ReceiveReport, CliError> {
     let cfg = match sec {
-        Security::Tls(f) => Some(server_config(f)?),
+        Security::Tls(f) => Some((server_config(f)?, f.kernel)),
         Security::Insecure => None,
     };
     let addr = listener
@@ -931,7 +948,7 @@ pub fn receive_on(
                 io: Box::new(tcp),
                 how: "plain TCP (--insecure)".into(),
             },
-            Some(cfg) => match server_handshake(cfg, tcp) {
+            Some((cfg, kernel)) => match server_handshake(cfg, tcp, *kernel) {
                 Ok(l) => l,
                 Err(e) => {
                     // Nothing reached a VF: wait for the next peer.
@@ -972,15 +989,24 @@ pub fn receive_on(
     }
 }
 
-fn server_handshake(cfg: &Arc<ServerConfig>, tcp: TcpStream) -> Result<Link, CliError> {
+fn server_handshake(
+    cfg: &Arc<ServerConfig>,
+    tcp: TcpStream,
+    kernel: bool,
+) -> Result<Link, CliError> {
     let conn = rustls::ServerConnection::new(cfg.clone()).map_err(tls_err("TLS setup".into()))?;
     let (io, how) =
-        handshake(conn.into(), tcp).map_err(|e| CliError::new("TLS handshake").cause(e))?;
+        handshake(conn.into(), tcp, kernel).map_err(|e| CliError::new("TLS handshake").cause(e))?;
     Ok(Link { io, how })
 }
 
-/// Either side's handshake, read one record at a time; then the records are ours.
-fn handshake(mut conn: rustls::Connection, tcp: TcpStream) -> io::Result<(Box<dyn Conn>, String)> {
+/// Either side's handshake, read one record at a time; then the records are the kernel's
+/// (`kernel`, where it has TLS: see `ktls`) or ours (`tls`).
+fn handshake(
+    mut conn: rustls::Connection,
+    tcp: TcpStream,
+    kernel: bool,
+) -> io::Result<(Box<dyn Conn>, String)> {
     let mut rw = tls::RecordWise::new(&tcp);
     while conn.is_handshaking() {
         conn.complete_io(&mut rw)?;
@@ -989,8 +1015,24 @@ fn handshake(mut conn: rustls::Connection, tcp: TcpStream) -> io::Result<(Box<dy
         conn.write_tls(&mut rw)?;
     }
     let how = suite_of(&conn);
-    let t =
-        tls::TlsConn::new(tcp, conn).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let invalid =
+        |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+    let suite = match conn.negotiated_cipher_suite() {
+        Some(rustls::SupportedCipherSuite::Tls13(s)) => s,
+        _ => return Err(invalid(&"not TLS 1.3 (the only version xe-vfio speaks)")),
+    };
+    let secrets = conn.dangerous_extract_secrets().map_err(|e| invalid(&e))?;
+    if kernel {
+        match ktls::offload(&tcp, &secrets)? {
+            Ok(()) => {
+                let limit = suite.common.confidentiality_limit;
+                let k = ktls::KernelTls::new(tcp, limit);
+                return Ok((Box::new(k), format!("{how}, kernel TLS")));
+            }
+            Err(ktls::NotOffered(why)) => tracing::debug!("records sealed here: {why}"),
+        }
+    }
+    let t = tls::TlsConn::new(tcp, suite, secrets).map_err(|e| invalid(&e))?;
     Ok((Box::new(t), how))
 }
 
@@ -1223,7 +1265,8 @@ fn take_streams(
 ) -> (Option<Box<dyn Conn>>, Result<u64, CliError>) {
     if direct {
         if let Some(tcp) = io.plain() {
-            let r = spliced::take_streams(devs, &mut spliced::Plain::new(tcp));
+            let kernel_tls = io.kernel_tls().is_some();
+            let r = spliced::take_streams(devs, &mut spliced::Plain::new(tcp, kernel_tls));
             return (Some(io), r);
         }
         if let Some(t) = io.tls() {

@@ -53,12 +53,14 @@ fn client<'a>(d: &'a mut Dev<'_>) -> Result<(&'a str, &'a mut Client), CliError>
 
 /// The source's stop-copy streams: one reply of each VF in turn, its data spliced into the
 /// connection behind its DATA frame's header, until every VF's END. `totals` counts each VF's
-/// bytes (it goes on from the pre-copy rounds); `pace` caps the rate.
+/// bytes (it goes on from the pre-copy rounds); `pace` caps the rate. With TLS in the kernel,
+/// `limit` is the send key's record limit, checked after each frame.
 pub(super) fn send_streams(
     devs: &mut [Dev<'_>],
     tcp: &TcpStream,
     totals: &mut [u64],
     pace: &mut Option<Pacer>,
+    limit: Option<u64>,
 ) -> Result<(), CliError> {
     let mut splicer = Splicer::new();
     let mut reads: Vec<MigReads> = devs
@@ -98,6 +100,11 @@ pub(super) fn send_streams(
                 if let Some(p) = pace {
                     p.account(n);
                 }
+                if let Some(l) = limit {
+                    super::ktls::check_sent(tcp, l).map_err(|e| {
+                        out_of_step(CliError::new(format!("sending to the destination: {e}")))
+                    })?;
+                }
             }
             if let Some(h) = head {
                 c.discard(h.padding).map_err(broke)?;
@@ -134,14 +141,20 @@ pub(super) trait Bodies: Read {
 /// Plain TCP: bodies spliced (or copied through a buffer for a VF that needs them whole).
 pub(super) struct Plain<'a> {
     tcp: &'a TcpStream,
+    /// TLS in the kernel: records other than data are read with their type (see `ktls`).
+    kernel_tls: bool,
+    /// The peer's close_notify came (kernel TLS).
+    closed: bool,
     splicer: Splicer,
     copier: Splicer,
 }
 
 impl<'a> Plain<'a> {
-    pub(super) fn new(tcp: &'a TcpStream) -> Plain<'a> {
+    pub(super) fn new(tcp: &'a TcpStream, kernel_tls: bool) -> Plain<'a> {
         Plain {
             tcp,
+            kernel_tls,
+            closed: false,
             splicer: Splicer::new(),
             copier: Splicer::copying(),
         }
@@ -150,6 +163,9 @@ impl<'a> Plain<'a> {
 
 impl Read for Plain<'_> {
     fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        if self.kernel_tls {
+            return super::ktls::recv(self.tcp, b, &mut self.closed);
+        }
         (&mut &*self.tcp).read(b)
     }
 }

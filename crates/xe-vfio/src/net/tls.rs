@@ -17,7 +17,7 @@
 //! at a time ([`RecordWise`]), so rustls never buffers a record that comes after it.
 
 use super::lend::{Lender, Ticket, NOTHING_LENT};
-use rustls::SupportedCipherSuite;
+use rustls::{ExtractedSecrets, Tls13CipherSuite};
 use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::BorrowedFd;
@@ -116,19 +116,13 @@ pub(super) struct TlsConn {
 }
 
 impl TlsConn {
-    /// Takes over from rustls: `conn` has completed its handshake and has nothing left to
-    /// send (the caller flushed it).
-    pub(super) fn new(tcp: TcpStream, conn: rustls::Connection) -> io::Result<TlsConn> {
-        let suite = match conn.negotiated_cipher_suite() {
-            Some(SupportedCipherSuite::Tls13(s)) => s,
-            _ => {
-                let e = "not TLS 1.3 (the only version xe-vfio speaks)";
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-            }
-        };
-        let secrets = conn
-            .dangerous_extract_secrets()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    /// Takes over from rustls: its connection completed the handshake with `suite`, had
+    /// nothing left to send (the caller flushed it), and gave up its `secrets`.
+    pub(super) fn new(
+        tcp: TcpStream,
+        suite: &Tls13CipherSuite,
+        secrets: ExtractedSecrets,
+    ) -> io::Result<TlsConn> {
         let (sealer, opener) = tls_records::split(suite, secrets, BUF).map_err(invalid)?;
         Ok(TlsConn {
             tcp,

@@ -243,3 +243,36 @@ pub fn root_or_skip(test: &str) -> Option<PathBuf> {
         Err(e) => panic!("cannot prepare the QEMU environment (XE_QEMU_REQUIRED=1): {e}"),
     }
 }
+
+/// The root's kernel version (its one /lib/modules entry).
+pub fn kernel_version(root: &Path) -> Result<String, String> {
+    let mut v: Vec<String> = std::fs::read_dir(root.join("lib/modules"))
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    v.sort();
+    v.pop()
+        .ok_or_else(|| "no kernel modules in the root".into())
+}
+
+/// A statically linked xe-vfio for the guest (it has no libc of ours).
+pub fn static_xe_vfio() -> Result<PathBuf, String> {
+    let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("static");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target = "x86_64-unknown-linux-gnu";
+    run(
+        Command::new(cargo)
+            .args(["build", "-q", "--bin", "xe-vfio", "--target", target])
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .env(
+                "RUSTFLAGS",
+                "-C target-feature=+crt-static -C debuginfo=0 -C strip=symbols",
+            ),
+        "building a static xe-vfio",
+    )?;
+    Ok(target_dir.join(target).join("debug/xe-vfio"))
+}

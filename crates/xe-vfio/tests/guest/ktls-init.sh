@@ -1,0 +1,55 @@
+#!/bin/busybox sh
+# The guest of the kernel TLS test: Debian's kernel with its `tls` module, two emulated hosts
+# on loopback (`xe-vfio serve`, three VFs each), and three migrations over mutual TLS — the
+# kernel sealing and opening on both sides, then on one side only (the other sealing in
+# xe-vfio) each way. Each destination VF is saved afterwards and its stream hashed: it must be
+# the stream restored into the source. Every result is a tagged console line the host checks.
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+ip link set lo up
+for m in crypto_null gcm gf128mul ghash_generic tls; do
+  insmod /m/$m.ko || { echo "KT-ERROR insmod $m"; poweroff -f; }
+done
+echo "KT-ULP $(cat /proc/sys/net/ipv4/tcp_available_ulp)"
+X=/bin/xe-vfio
+$X serve --platform bmg --vfs 3 --socket-dir /tmp/a --lmem-per-vf 16M >/tmp/a.log 2>&1 &
+$X serve --platform bmg --vfs 3 --socket-dir /tmp/b --lmem-per-vf 16M >/tmp/b.log 2>&1 &
+# Until the servers listen (bounded).
+i=0
+until [ -S /tmp/a/vf3.sock ] && [ -S /tmp/b/vf3.sock ]; do
+  i=$((i + 1)); [ $i -gt 600 ] && { echo "KT-ERROR serve"; cat /tmp/a.log /tmp/b.log; poweroff -f; }
+  sleep 0.1
+done
+echo "KT-SHA-ORIG $(sha256sum /s.bin | cut -d' ' -f1)"
+for v in 1 2 3; do
+  $X restore --input /s.bin --to /tmp/a/vf$v.sock >/dev/null || echo "KT-ERROR restore $v"
+done
+# One migration: tag, VF, source's extra flag, destination's extra flag, port.
+one() {
+  $X receive --listen 127.0.0.1:$5 --to /tmp/b/vf$2.sock --tls-cert /c/127.0.0.1.pem \
+    --tls-key /c/127.0.0.1.key --tls-ca /c/ca.pem $4 >/tmp/r$1.out 2>/tmp/r$1.err &
+  r=$!
+  i=0
+  until grep -q ready /tmp/r$1.out 2>/dev/null; do
+    i=$((i + 1)); [ $i -gt 600 ] && break
+    sleep 0.1
+  done
+  $X migrate --from /tmp/a/vf$2.sock --to tcp://127.0.0.1:$5 --tls-cert /c/source.pem \
+    --tls-key /c/source.key --tls-ca /c/ca.pem $3 --json >/tmp/m$1.json 2>/tmp/m$1.err
+  echo "KT-$1-MIGRATE rc=$?"
+  wait $r
+  echo "KT-$1-RECEIVE rc=$?"
+  echo "KT-$1-SRC $(grep '"transport"' /tmp/m$1.json)"
+  echo "KT-$1-DST $(grep 'connected' /tmp/r$1.err)"
+  echo "KT-$1-SPLICED $(grep '"spliced"' /tmp/m$1.json)"
+  echo "KT-$1-STATE $(grep '"destination_state"' /tmp/m$1.json)"
+  cat /tmp/m$1.err /tmp/r$1.err
+  $X save --from /tmp/b/vf$2.sock -o /tmp/o.bin >/dev/null
+  echo "KT-$1-SHA $(sha256sum /tmp/o.bin | cut -d' ' -f1)"
+  rm -f /tmp/o.bin
+}
+one KK 1 "" "" 7001
+one UK 2 --no-kernel-tls "" 7002
+one KU 3 "" --no-kernel-tls 7003
+echo KT-DONE
+poweroff -f

@@ -17,7 +17,6 @@ mod guest;
 use common::*;
 use guest::*;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use xe_pf::Platform;
 
 const MODULES: &str = include_str!("guest/ktls-modules.sh");
@@ -26,15 +25,8 @@ const LMEM: u64 = 16 << 20;
 
 /// The kernel TLS modules of the guest kernel, in the root's /opt/xe-ktls.
 fn modules(root: &Path) -> Result<PathBuf, String> {
-    let k = kernel_version(root)?;
-    let script = root.join("tmp/xe-ktls-modules.sh");
-    std::fs::write(&script, MODULES).map_err(|e| e.to_string())?;
-    run(
-        Command::new("chroot")
-            .arg(root)
-            .args(["/bin/sh", "/tmp/xe-ktls-modules.sh", &k]),
-        "collecting the kernel TLS modules in the root",
-    )?;
+    let what = "collecting the kernel TLS modules in the root";
+    run_for_kernel(root, "xe-ktls-modules.sh", MODULES, what)?;
     Ok(root.join("opt/xe-ktls"))
 }
 

@@ -15,7 +15,6 @@
 mod guest;
 use guest::*;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 const BUILD: &str = include_str!("guest/mtty-build.sh");
@@ -23,13 +22,10 @@ const INIT: &str = include_str!("guest/mtty-init.sh");
 
 /// mtty.ko and the VFIO modules for the guest kernel, in the root's /opt/xe-mtty.
 fn build_modules(root: &Path) -> Result<PathBuf, String> {
-    let k = kernel_version(root)?;
-    let script = root.join("tmp/xe-mtty-build.sh");
-    std::fs::write(&script, BUILD).map_err(|e| e.to_string())?;
-    run(
-        Command::new("chroot")
-            .arg(root)
-            .args(["/bin/sh", "/tmp/xe-mtty-build.sh", &k]),
+    run_for_kernel(
+        root,
+        "xe-mtty-build.sh",
+        BUILD,
         "building mtty.ko in the root",
     )?;
     Ok(root.join("opt/xe-mtty"))

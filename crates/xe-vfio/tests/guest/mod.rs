@@ -255,6 +255,19 @@ pub fn kernel_version(root: &Path) -> Result<String, String> {
         .ok_or_else(|| "no kernel modules in the root".into())
 }
 
+/// Runs `script` (saved as the root's /tmp/`name`) in the root, with the guest kernel's
+/// version as its argument.
+pub fn run_for_kernel(root: &Path, name: &str, script: &str, what: &str) -> Result<(), String> {
+    let k = kernel_version(root)?;
+    std::fs::write(root.join("tmp").join(name), script).map_err(|e| e.to_string())?;
+    run(
+        Command::new("chroot")
+            .arg(root)
+            .args(["/bin/sh", &format!("/tmp/{name}"), &k]),
+        what,
+    )
+}
+
 /// A statically linked xe-vfio for the guest (it has no libc of ours).
 pub fn static_xe_vfio() -> Result<PathBuf, String> {
     let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("static");

@@ -374,7 +374,7 @@ fn aes() -> bool {
 }
 
 /// Runs the benchmark.
-pub fn bench_tcp(json: bool) -> Result<(), CliError> {
+pub fn bench_tcp(json: bool, kernel_tls: bool) -> Result<(), CliError> {
     let dir = tempfile::tempdir().ctx(|| "a scratch directory".into())?;
     let stop = Arc::new(AtomicBool::new(false));
     let pki = dir.path().join("pki");
@@ -383,7 +383,7 @@ pub fn bench_tcp(json: bool) -> Result<(), CliError> {
         cert: pki.join(format!("{h}.pem")),
         key: pki.join(format!("{h}.key")),
         ca: pki.join("ca.pem"),
-        kernel: true,
+        kernel: kernel_tls,
     };
     let (tls_dst, tls_src) = (
         Security::Tls(files("127.0.0.1")),

@@ -164,6 +164,9 @@ enum Cmd {
         /// and a group of 4 × 256 MiB VFs against one 1 GiB VF.
         #[arg(long, conflicts_with = "pre_copy")]
         tcp: bool,
+        /// With --tcp: TLS sealed in this process even where the kernel has TLS.
+        #[arg(long, requires = "tcp")]
+        no_kernel_tls: bool,
         /// With --pre-copy: the dirty rates, in % of LMEM per second, comma-separated.
         #[arg(long, default_value = "0,1,5,25,100", requires = "pre_copy")]
         rates: String,
@@ -437,8 +440,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
         Cmd::Demo => demo::demo(),
         Cmd::Bench {
-            json, tcp: true, ..
-        } => bench_net::bench_tcp(json),
+            json,
+            tcp: true,
+            no_kernel_tls,
+            ..
+        } => bench_net::bench_tcp(json, !no_kernel_tls),
         Cmd::Bench {
             sizes,
             json,

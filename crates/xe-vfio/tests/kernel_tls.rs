@@ -64,6 +64,10 @@ fn qemu_guest_migrates_between_hosts_with_kernel_tls() {
     let pki = dir.path().join("pki");
     let r = xe_vfio(&["certs", pki.to_str().unwrap(), "127.0.0.1", "source"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    // A source certificate of another CA (`other`).
+    let other = dir.path().join("other");
+    let r = xe_vfio(&["certs", other.to_str().unwrap(), "source"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let busybox = read(root.join("bin/busybox"));
     let xe = read(xe);
     let certs: Vec<(String, Vec<u8>)> = [
@@ -75,6 +79,10 @@ fn qemu_guest_migrates_between_hosts_with_kernel_tls() {
     ]
     .iter()
     .map(|f| (format!("c/{f}"), read(pki.join(f))))
+    .chain([
+        ("c/other.pem".to_string(), read(other.join("source.pem"))),
+        ("c/other.key".to_string(), read(other.join("source.key"))),
+    ])
     .collect();
     let mods: Vec<(String, Vec<u8>)> = ["crypto_null", "gcm", "gf128mul", "ghash_generic", "tls"]
         .iter()
@@ -129,4 +137,15 @@ fn qemu_guest_migrates_between_hosts_with_kernel_tls() {
             show()
         );
     }
+    assert_eq!(word("KT-BADCA-MIGRATE "), "rc=1", "{}", show());
+    let out = word("KT-BADCA-OUT ");
+    assert!(
+        out.contains("received fatal alert") && out.contains("nothing was stopped"),
+        "{out}"
+    );
+    assert!(
+        word("KT-BADCA-RECEIVE ").contains("refused 127.0.0.1"),
+        "{}",
+        show()
+    );
 }

@@ -12,11 +12,11 @@ for m in crypto_null gcm gf128mul ghash_generic tls; do
 done
 echo "KT-ULP $(cat /proc/sys/net/ipv4/tcp_available_ulp)"
 X=/bin/xe-vfio
-$X serve --platform bmg --vfs 3 --socket-dir /tmp/a --lmem-per-vf 16M >/tmp/a.log 2>&1 &
+$X serve --platform bmg --vfs 4 --socket-dir /tmp/a --lmem-per-vf 16M >/tmp/a.log 2>&1 &
 $X serve --platform bmg --vfs 3 --socket-dir /tmp/b --lmem-per-vf 16M >/tmp/b.log 2>&1 &
 # Until the servers listen (bounded).
 i=0
-until [ -S /tmp/a/vf3.sock ] && [ -S /tmp/b/vf3.sock ]; do
+until [ -S /tmp/a/vf4.sock ] && [ -S /tmp/b/vf3.sock ]; do
   i=$((i + 1)); [ $i -gt 600 ] && { echo "KT-ERROR serve"; cat /tmp/a.log /tmp/b.log; poweroff -f; }
   sleep 0.1
 done
@@ -51,5 +51,21 @@ one() {
 one KK 1 "" "" 7001
 one UK 2 --no-kernel-tls "" 7002
 one KU 3 "" --no-kernel-tls 7003
+# A source whose certificate is from another CA: the destination's refusal reaches the
+# source as an alert through the kernel's records, before anything stops.
+$X receive --listen 127.0.0.1:7004 --to /tmp/b/vf1.sock --tls-cert /c/127.0.0.1.pem \
+  --tls-key /c/127.0.0.1.key --tls-ca /c/ca.pem >/tmp/rx.out 2>/tmp/rx.err &
+r=$!
+i=0
+until grep -q ready /tmp/rx.out 2>/dev/null; do
+  i=$((i + 1)); [ $i -gt 600 ] && break
+  sleep 0.1
+done
+$X migrate --from /tmp/a/vf4.sock --to tcp://127.0.0.1:7004 --tls-cert /c/other.pem \
+  --tls-key /c/other.key --tls-ca /c/ca.pem >/tmp/mx.out 2>/tmp/mx.err
+echo "KT-BADCA-MIGRATE rc=$?"
+echo "KT-BADCA-OUT $(tr '\n' ' ' < /tmp/mx.err)"
+kill $r
+echo "KT-BADCA-RECEIVE $(tr '\n' ' ' < /tmp/rx.err)"
 echo KT-DONE
 poweroff -f

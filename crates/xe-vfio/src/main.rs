@@ -358,7 +358,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
             if tls.given() {
                 return Err(CliError::new(
-                    "--tls-* and --insecure are for --to tcp://HOST:PORT",
+                    "--tls-*, --insecure and --no-kernel-tls are for --to tcp://HOST:PORT",
                 ));
             }
             if from.contains(',') {

@@ -262,6 +262,34 @@ fn errors_read_like_a_tools() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown LMEM commit mode"), "{err}");
+    // The connection's options where there is no connection, or no TLS.
+    let err = |args: &[&str]| {
+        let out = xe_vfio(args);
+        assert!(!out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let e = err(&[
+        "migrate",
+        "--from",
+        "a.sock",
+        "--to",
+        "b.sock",
+        "--no-kernel-tls",
+    ]);
+    assert!(e.contains("are for --to tcp://HOST:PORT"), "{e}");
+    let e = err(&[
+        "migrate",
+        "--from",
+        "a.sock",
+        "--to",
+        "tcp://127.0.0.1:1",
+        "--insecure",
+        "--no-kernel-tls",
+    ]);
+    assert!(
+        e.contains("--no-kernel-tls is for TLS, not --insecure"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -13,9 +13,9 @@
 //! can no longer be used.
 //!
 //! Records the kernel does not decrypt into data come back with their type
-//! (`TLS_GET_RECORD_TYPE`): session tickets are skipped (an earlier xe-vfio's destination sent two),
-//! close_notify ends the stream, anything else (another alert, a key update) is an error, as
-//! for records opened here. A connection's send key protects at most as many records as the
+//! (`TLS_GET_RECORD_TYPE`): session tickets are skipped (an earlier xe-vfio's destination
+//! sent two), close_notify ends the stream, anything else (another alert, a key update) is an
+//! error, as for records opened here. A connection's send key protects at most as many records as the
 //! suite allows: the sequence number the kernel reports (`TLS_TX`) is checked after each
 //! write, and the connection stops with an error short of the limit.
 //!

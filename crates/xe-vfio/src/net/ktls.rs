@@ -15,9 +15,9 @@
 //! Records the kernel does not decrypt into data come back with their type
 //! (`TLS_GET_RECORD_TYPE`): session tickets are skipped (an earlier xe-vfio's destination
 //! sent two), close_notify ends the stream, anything else (another alert, a key update) is an
-//! error, as for records opened here. A connection's send key protects at most as many records as the
-//! suite allows: the sequence number the kernel reports (`TLS_TX`) is checked after each
-//! write, and the connection stops with an error short of the limit.
+//! error, as for records opened here. A connection's send key protects at most as many
+//! records as the suite allows: the sequence number the kernel reports (`TLS_TX`) is checked
+//! after each write, and the connection stops with an error short of the limit.
 //!
 //! Written over `libc` (its `tls12_crypto_info_*` structures) rather than a kTLS crate: those
 //! are built for tokio streams (`ktls`) or pre-release (`ktls-core` 0.0), and what is needed is

@@ -129,11 +129,14 @@ impl Keys {
 
 impl Drop for Keys {
     fn drop(&mut self) {
-        let (p, n) = self.raw();
-        for i in 0..n {
-            // SAFETY: `p` points at this value's `n` bytes, which are ours to write; volatile
-            // so that the zeroing of key material is not optimised away.
-            unsafe { std::ptr::write_volatile((p as *mut u8).add(i), 0) };
+        // SAFETY: each write puts a valid value (all zeroes, as in `new`) through an exclusive
+        // reference; volatile, so that wiping the key material is not optimised away.
+        unsafe {
+            match self {
+                Keys::Aes128(k) => std::ptr::write_volatile(k, zeroed()),
+                Keys::Aes256(k) => std::ptr::write_volatile(k, zeroed()),
+                Keys::Chacha(k) => std::ptr::write_volatile(k, zeroed()),
+            }
         }
     }
 }

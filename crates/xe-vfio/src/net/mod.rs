@@ -1029,7 +1029,7 @@ fn handshake(
                 let k = ktls::KernelTls::new(tcp, limit);
                 return Ok((Box::new(k), format!("{how}, kernel TLS")));
             }
-            Err(ktls::NotOffered(why)) => tracing::debug!("records sealed here: {why}"),
+            Err(ktls::NotOffered(why)) => tracing::info!("TLS records sealed in xe-vfio: {why}"),
         }
     }
     let t = tls::TlsConn::new(tcp, suite, secrets).map_err(|e| invalid(&e))?;

@@ -3,7 +3,8 @@
 //! linked `xe-vfio` migrates VFs between two emulated hosts on loopback over mutual TLS: the
 //! kernel sealing and opening the records on both sides (the data spliced end to end), and on
 //! one side only, each way, with the other side sealing in xe-vfio — the same TLS 1.3 on the
-//! wire. First, before the AES-GCM template is loaded, the kernel refuses the keys once the
+//! wire (the kernel's side of one of them pre-copying, its rounds written through the kernel's
+//! records). First, before the AES-GCM template is loaded, the kernel refuses the keys once the
 //! `tls` upper-layer protocol is set: both sides go on sealing in xe-vfio over those sockets.
 //! Each destination VF's saved stream must be, byte for byte, the one restored into its
 //! source (a VF whose LMEM holds a pattern).
@@ -132,6 +133,14 @@ fn qemu_guest_migrates_between_hosts_with_kernel_tls() {
         // With the kernel's records on the source, the data is spliced into the connection.
         let spliced = word(&format!("KT-{t}-SPLICED "));
         assert_eq!(spliced.contains("true"), src_kernel, "{t}: {spliced}");
+        // KU pre-copies: its rounds' frames are written through the kernel's records.
+        let pre = word(&format!("KT-{t}-PRECOPY "));
+        let pre_bytes: u64 = pre
+            .trim_start_matches("\"precopy_bytes\":")
+            .trim_matches(|c: char| !c.is_ascii_digit())
+            .parse()
+            .unwrap_or(0);
+        assert_eq!(pre_bytes > 0, t == "KU", "{t}: {pre}");
         assert!(
             word(&format!("KT-{t}-STATE ")).contains("RUNNING"),
             "{t}: {}",

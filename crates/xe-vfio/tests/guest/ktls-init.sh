@@ -3,7 +3,8 @@
 # on loopback (`xe-vfio serve`), and migrations over mutual TLS: first with the `tls` module but
 # not the AES-GCM template (the kernel refuses the keys: both sides seal in xe-vfio, on sockets
 # whose upper-layer protocol is set), then the kernel sealing and opening on both sides, then
-# on one side only (the other sealing in xe-vfio) each way. Each destination VF is saved
+# on one side only (the other sealing in xe-vfio) each way, the kernel's side pre-copying
+# (the sources offer PRE_COPY: its rounds are written through the kernel's records). Each destination VF is saved
 # afterwards and its stream hashed: it must be the stream restored into the source. Every
 # result is a tagged console line the host checks.
 /bin/busybox --install -s /bin
@@ -15,7 +16,7 @@ mods() {
 mods tls
 echo "KT-ULP $(cat /proc/sys/net/ipv4/tcp_available_ulp)"
 X=/bin/xe-vfio
-$X serve --platform bmg --vfs 5 --socket-dir /tmp/a --lmem-per-vf 8M >/tmp/a.log 2>&1 &
+$X serve --platform bmg --vfs 5 --socket-dir /tmp/a --lmem-per-vf 8M --pre-copy >/tmp/a.log 2>&1 &
 $X serve --platform bmg --vfs 4 --socket-dir /tmp/b --lmem-per-vf 8M >/tmp/b.log 2>&1 &
 # Until the servers listen (bounded).
 i=0
@@ -45,6 +46,7 @@ one() {
   echo "KT-$1-SRC $(grep '"transport"' /tmp/m$1.json)"
   echo "KT-$1-DST $(grep 'connected' /tmp/r$1.err)"
   echo "KT-$1-SPLICED $(grep '"spliced"' /tmp/m$1.json)"
+  echo "KT-$1-PRECOPY $(grep '"precopy_bytes"' /tmp/m$1.json)"
   echo "KT-$1-STATE $(grep '"destination_state"' /tmp/m$1.json)"
   cat /tmp/m$1.err /tmp/r$1.err
   $X save --from /tmp/b/vf$2.sock -o /tmp/o.bin >/dev/null
@@ -55,7 +57,7 @@ one NG 4 "" "" 7000
 mods crypto_null gcm gf128mul ghash_generic
 one KK 1 "" "" 7001
 one UK 2 --no-kernel-tls "" 7002
-one KU 3 "" --no-kernel-tls 7003
+one KU 3 --pre-copy --no-kernel-tls 7003
 # A source whose certificate is from another CA: the destination's refusal reaches the
 # source as an alert through the kernel's records, before anything stops.
 $X receive --listen 127.0.0.1:7004 --to /tmp/b/vf1.sock --tls-cert /c/127.0.0.1.pem \

@@ -424,17 +424,28 @@ pub fn bench_tcp(json: bool, kernel_tls: bool) -> Result<(), CliError> {
     // This thread back on every CPU it had (the machine's description counts them).
     placements[0].source(&[0])?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Whether the kernel took the TLS records (see `net::ktls`).
+    let kernel = tables
+        .iter()
+        .flat_map(|t| &t.runs)
+        .any(|r| r.transport.ends_with("kernel TLS"));
     if json {
         let v = serde_json::json!({
             "machine": crate::bench::machine(),
             "cpu_aes": aes(),
+            "kernel_tls": kernel,
             "placements": tables,
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(());
     }
+    let records = match (kernel, kernel_tls) {
+        (true, _) => "the kernel's (kernel TLS)",
+        (false, true) => "xe-vfio's (the kernel has no TLS, or refused the keys)",
+        (false, false) => "xe-vfio's (--no-kernel-tls)",
+    };
     println!(
-        "machine: {}; CPU AES instructions: {}",
+        "machine: {}; CPU AES instructions: {}; TLS records: {records}",
         crate::bench::machine(),
         if aes() { "yes" } else { "no" }
     );

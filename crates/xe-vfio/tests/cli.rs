@@ -223,46 +223,7 @@ fn demo_passes() {
 
 #[test]
 fn errors_read_like_a_tools() {
-    let out = xe_vfio(&[
-        "migrate",
-        "--from",
-        "/nonexistent/a.sock",
-        "--to",
-        "/nonexistent/b.sock",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.starts_with("xe-vfio: connecting to /nonexistent/a.sock"),
-        "{err}"
-    );
-    assert!(err.contains("hint:"), "{err}");
-    let out = xe_vfio(&[
-        "serve",
-        "--platform",
-        "xyz",
-        "--vfs",
-        "1",
-        "--socket-dir",
-        "/tmp",
-    ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown platform"));
-    let out = xe_vfio(&[
-        "serve",
-        "--platform",
-        "bmg",
-        "--vfs",
-        "1",
-        "--socket-dir",
-        "/tmp",
-        "--lmem-commit",
-        "eager",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown LMEM commit mode"), "{err}");
-    // The connection's options where there is no connection, or no TLS.
+    // A command that must fail: what it says.
     let err = |args: &[&str]| {
         let out = xe_vfio(args);
         assert!(!out.status.success(), "{args:?}");
@@ -271,21 +232,26 @@ fn errors_read_like_a_tools() {
     let e = err(&[
         "migrate",
         "--from",
-        "a.sock",
+        "/nonexistent/a.sock",
         "--to",
-        "b.sock",
-        "--no-kernel-tls",
+        "/nonexistent/b.sock",
     ]);
+    assert!(
+        e.starts_with("xe-vfio: connecting to /nonexistent/a.sock"),
+        "{e}"
+    );
+    assert!(e.contains("hint:"), "{e}");
+    let serve = ["serve", "--vfs", "1", "--socket-dir", "/tmp", "--platform"];
+    let e = err(&[&serve[..], &["xyz"]].concat());
+    assert!(e.contains("unknown platform"), "{e}");
+    let e = err(&[&serve[..], &["bmg", "--lmem-commit", "eager"]].concat());
+    assert!(e.contains("unknown LMEM commit mode"), "{e}");
+    // The connection's options where there is no connection, or no TLS.
+    let migrate = ["migrate", "--from", "a.sock", "--to"];
+    let e = err(&[&migrate[..], &["b.sock", "--no-kernel-tls"]].concat());
     assert!(e.contains("are for --to tcp://HOST:PORT"), "{e}");
-    let e = err(&[
-        "migrate",
-        "--from",
-        "a.sock",
-        "--to",
-        "tcp://127.0.0.1:1",
-        "--insecure",
-        "--no-kernel-tls",
-    ]);
+    let tcp = ["tcp://127.0.0.1:1", "--insecure", "--no-kernel-tls"];
+    let e = err(&[&migrate[..], &tcp].concat());
     assert!(
         e.contains("--no-kernel-tls is for TLS, not --insecure"),
         "{e}"

@@ -87,10 +87,10 @@ fn qemu_guest_migrates_between_hosts_with_kernel_tls() {
         ("c/other.key".to_string(), read(other.join("source.key"))),
     ])
     .collect();
-    let mods: Vec<(String, Vec<u8>)> = ["crypto_null", "gcm", "gf128mul", "ghash_generic", "tls"]
-        .iter()
-        .map(|m| (format!("m/{m}.ko"), read(kos.join(format!("{m}.ko")))))
-        .collect();
+    let mods = module_files(
+        &kos,
+        &["crypto_null", "gcm", "gf128mul", "ghash_generic", "tls"],
+    );
     let mut files: Vec<(&str, u32, &[u8])> = vec![
         ("m", 0o40755, &[]),
         ("c", 0o40755, &[]),

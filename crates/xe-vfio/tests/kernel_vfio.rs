@@ -47,10 +47,10 @@ fn qemu_guest_migrates_mtty_through_the_kernel() {
     let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let busybox = read(root.join("bin/busybox"));
     let xe = read(xe);
-    let kos: Vec<(String, Vec<u8>)> = ["vfio", "vfio_iommu_type1", "mdev", "mtty", "mdpy"]
-        .iter()
-        .map(|m| (format!("m/{m}.ko"), read(modules.join(format!("{m}.ko")))))
-        .collect();
+    let kos = module_files(
+        &modules,
+        &["vfio", "vfio_iommu_type1", "mdev", "mtty", "mdpy"],
+    );
     let mut files: Vec<(&str, u32, &[u8])> = vec![
         ("m", 0o40755, &[]),
         ("etc", 0o40755, &[]),

@@ -289,3 +289,15 @@ pub fn static_xe_vfio() -> Result<PathBuf, String> {
     )?;
     Ok(target_dir.join(target).join("debug/xe-vfio"))
 }
+
+/// The kernel modules `names` (`NAME.ko` in `dir`) as initramfs files `m/NAME.ko`.
+pub fn module_files(dir: &Path, names: &[&str]) -> Vec<(String, Vec<u8>)> {
+    names
+        .iter()
+        .map(|m| {
+            let p = dir.join(format!("{m}.ko"));
+            let d = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (format!("m/{m}.ko"), d)
+        })
+        .collect()
+}
